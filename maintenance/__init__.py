@@ -1,0 +1,1 @@
+"""The maintenance tasks that ship with Beatkeeper: plain functions + thin Celery tasks."""

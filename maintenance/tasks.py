@@ -1,0 +1,106 @@
+"""The maintenance tasks: thin Celery tasks over plain functions, each with its defaults.
+
+Every one is idempotent (running it twice does no more than running it once), because
+delivery is at-least-once: a worker lost mid-run means the run is delivered again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.conf import settings
+
+from maintenance import health, runs, sessions, statistics, system, tempfiles
+from scheduler_app import broker
+from scheduler_app.catalog import Cron, Every, platform_task
+
+HOUR = 3600
+
+
+@platform_task(
+    name="maintenance.cleanup_old_runs",
+    schedule_name="Clean up old runs",
+    schedule=Every(HOUR),
+    soft_time_limit=30 * 60,
+    time_limit=35 * 60,
+    expires=HOUR,
+)
+def cleanup_old_runs(max_age_hours: float | None = None, batch_size: int = 5000) -> dict[str, Any]:
+    """Delete finished run records older than RUN_RETENTION_HOURS (default 24 h)."""
+    hours = settings.RUN_RETENTION_HOURS if max_age_hours is None else max_age_hours
+    return runs.cleanup_old_runs(dt.timedelta(hours=hours), batch_size=batch_size)
+
+
+@platform_task(
+    name="maintenance.system_health_check",
+    schedule_name="System health check",
+    schedule=Every(5 * 60),
+    max_retries=0,  # the next check is five minutes away; a retry would only pile up
+    soft_time_limit=60,
+    time_limit=90,
+    expires=5 * 60,
+)
+def system_health_check() -> dict[str, Any]:
+    """Check memory, disk, CPU, the broker, the workers and the queues."""
+    host = system.sample_host(settings.HEALTH_DISK_PATH)
+    return health.evaluate(host, platform_sample(), settings.HEALTH_THRESHOLDS)
+
+
+@platform_task(
+    name="maintenance.cleanup_temp_files",
+    schedule_name="Clean up temporary files",
+    schedule=Every(6 * HOUR),
+    soft_time_limit=30 * 60,
+    time_limit=35 * 60,
+    expires=6 * HOUR,
+)
+def cleanup_temp_files(max_age_hours: float | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Delete files older than TEMP_CLEANUP_MAX_AGE_HOURS under TEMP_CLEANUP_DIRS."""
+    hours = settings.TEMP_CLEANUP_MAX_AGE_HOURS if max_age_hours is None else max_age_hours
+    return tempfiles.cleanup_temp_files(
+        settings.TEMP_CLEANUP_DIRS, dt.timedelta(hours=hours), dry_run=dry_run
+    )
+
+
+@platform_task(
+    name="maintenance.log_statistics",
+    schedule_name="Log statistics",
+    schedule=Every(15 * 60),
+    max_retries=0,
+    soft_time_limit=60,
+    time_limit=90,
+    expires=15 * 60,
+)
+def log_statistics(window_minutes: float = 15) -> dict[str, Any]:
+    """Log runs by status, queue depths, workers and host use as one structured line."""
+    sample = platform_sample()
+    return statistics.log_statistics(
+        dt.timedelta(minutes=window_minutes),
+        queue_depths=sample.queue_depths,
+        workers=sample.workers,
+        host=system.sample_host(settings.HEALTH_DISK_PATH).as_dict(),
+    )
+
+
+@platform_task(
+    name="maintenance.purge_expired_sessions",
+    schedule_name="Purge expired sessions",
+    schedule=Cron(minute="17", hour="3"),
+    soft_time_limit=10 * 60,
+    time_limit=12 * 60,
+    expires=12 * HOUR,
+)
+def purge_expired_sessions() -> dict[str, Any]:
+    """Delete Django's expired login sessions."""
+    return sessions.purge_expired_sessions()
+
+
+def platform_sample() -> health.PlatformSample:
+    status = broker.broker_status()
+    return health.PlatformSample(
+        broker_reachable=status.reachable,
+        broker_error=status.error,
+        workers=broker.workers_online() if status.reachable else [],
+        queue_depths=broker.queue_depths(),
+    )

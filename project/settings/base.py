@@ -1,0 +1,144 @@
+"""Settings shared by every environment, read from the environment.
+
+With no DATABASE_URL / REDIS_URL, Beatkeeper runs on SQLite (WAL mode) and the embedded
+Valkey server under VAR_DIR, which the launcher (`make run`) starts. See README.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from project import env
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+VAR_DIR = Path(env.string("BEATKEEPER_VAR_DIR") or BASE_DIR / "var").resolve()
+
+SECRET_KEY = env.secret("SECRET_KEY")
+DEBUG = False
+ALLOWED_HOSTS = env.items("ALLOWED_HOSTS")
+CSRF_TRUSTED_ORIGINS = env.items("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "django_celery_results",
+    "scheduler_app",
+    "maintenance",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+EMBEDDED_DATABASE_URL = f"sqlite:///{VAR_DIR / 'beatkeeper.sqlite3'}"
+DATABASES = {"default": env.database("DATABASE_URL", EMBEDDED_DATABASE_URL)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web server read while the worker writes; IMMEDIATE transactions and a
+    # generous timeout turn writer contention into waiting instead of "database is locked".
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis (broker, locks) ------------------------------------------------------------
+EMBEDDED_REDIS_SOCKET = VAR_DIR / "valkey" / "valkey.sock"
+REDIS_URL = env.redis_url("REDIS_URL", f"unix://{EMBEDDED_REDIS_SOCKET}")
+USES_EMBEDDED_REDIS = not env.string("REDIS_URL")
+
+# --- Auth, i18n, static ---------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.string("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# --- Celery ---------------------------------------------------------------------------
+# Read by project/celery.py through the CELERY_ namespace.
+CELERY_BROKER_URL = env.broker_url(REDIS_URL)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # A message not acknowledged within this many seconds is redelivered. It must exceed
+    # every task's hard time limit (checked at start-up: scheduler_app/checks.py).
+    "visibility_timeout": env.integer("CELERY_VISIBILITY_TIMEOUT", 7200, minimum=60),
+    "socket_connect_timeout": 5,
+    "socket_timeout": 30,
+    "health_check_interval": 25,
+}
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True  # name, args, worker, periodic task name on every run
+CELERY_TASK_TRACK_STARTED = True  # a STARTED row (with date_started) while a run is running
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True  # a worker killed mid-run leaves the message for redelivery
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # with late acks: hold no more than one spare message
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_WORKER_SEND_TASK_EVENTS = True  # `celery events` and Flower work out of the box
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+DJANGO_CELERY_BEAT_TZ_AWARE = True
+
+# --- Maintenance tasks (defaults for the catalog's schedules) ---------------------------
+RUN_RETENTION_HOURS = env.number("RUN_RETENTION_HOURS", 24, minimum=0)
+TEMP_CLEANUP_DIRS = env.items("TEMP_CLEANUP_DIRS", str(VAR_DIR / "tmp"), separator=":")
+TEMP_CLEANUP_MAX_AGE_HOURS = env.number("TEMP_CLEANUP_MAX_AGE_HOURS", 24, minimum=0)
+HEALTH_THRESHOLDS = {
+    "memory_percent": env.number("HEALTH_MEMORY_WARN_PERCENT", 80),
+    "disk_percent": env.number("HEALTH_DISK_WARN_PERCENT", 90),
+    "cpu_percent": env.number("HEALTH_CPU_WARN_PERCENT", 90),
+    "queue_depth": env.integer("HEALTH_QUEUE_WARN_DEPTH", 1000),
+}
+HEALTH_DISK_PATH = env.string("HEALTH_DISK_PATH") or str(VAR_DIR.parent)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.string("LOG_LEVEL", "INFO").upper()},
+    # Django's own console handler would print every django.* line a second time.
+    "loggers": {"django": {"handlers": [], "level": "INFO", "propagate": True}},
+}

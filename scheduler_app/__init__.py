@@ -1,0 +1,1 @@
+"""The platform: catalog, seeding, schedules, run history, launcher, admin console."""

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from scheduler_app.schedules import describe, next_run
+
+
+class Command(BaseCommand):
+    help = "List every schedule with its task, its schedule in words, and its next run time."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        now = timezone.now()
+        tasks = PeriodicTask.objects.select_related("interval", "crontab", "clocked", "solar").order_by("name")
+        count = 0
+        for task in tasks:
+            count += 1
+            upcoming = next_run(task, now)
+            state = "enabled" if task.enabled else "disabled"
+            self.stdout.write(f"{task.name}  [{state}]")
+            self.stdout.write(f"    task:     {task.task}")
+            self.stdout.write(f"    schedule: {describe(task)}")
+            self.stdout.write(f"    last run: {task.last_run_at.isoformat() if task.last_run_at else 'never'}")
+            if upcoming.at is None:
+                self.stdout.write(f"    next run: none ({upcoming.reason})")
+            else:
+                local = upcoming.local()
+                assert local is not None
+                self.stdout.write(f"    next run: {local.isoformat()} {upcoming.zone} = {upcoming.at.isoformat()} UTC")
+        self.stdout.write(f"{count} schedule(s)")

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from scheduler_app.seeding import Plan, seed_default_tasks
+
+
+class Command(BaseCommand):
+    help = (
+        "Create or update the schedules of the tasks that ship with Beatkeeper. Idempotent: "
+        "a second run changes nothing. A field an operator edited (schedule, enabled, "
+        "arguments, ...) is kept unless --reset."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--reset", action="store_true", help="Put every seeded field back to the catalog's default.")
+        parser.add_argument("--dry-run", action="store_true", help="Print what would change; write nothing.")
+
+    def handle(self, *args: Any, reset: bool, dry_run: bool, **options: Any) -> None:
+        report = seed_default_tasks(reset=reset, dry_run=dry_run)
+        for plan in report.plans:
+            self.stdout.write(self._line(plan))
+        prefix = "dry run, nothing written: " if dry_run else ""
+        self.stdout.write(
+            f"{prefix}{report.count('created')} created, {report.count('updated')} updated, "
+            f"{report.count('unchanged')} unchanged"
+        )
+
+    def _line(self, plan: Plan) -> str:
+        line = f"{plan.outcome:<9} {plan.definition.name} ({plan.definition.task})"
+        if plan.outcome == "updated":
+            line += ": " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in plan.changes.items())
+        if plan.kept:
+            line += f" [kept operator edits: {', '.join(plan.kept)}; --reset to replace]"
+        return line
