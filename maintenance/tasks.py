@@ -58,9 +58,7 @@ def system_health_check() -> dict[str, Any]:
 def cleanup_temp_files(max_age_hours: float | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Delete files older than TEMP_CLEANUP_MAX_AGE_HOURS under TEMP_CLEANUP_DIRS."""
     hours = settings.TEMP_CLEANUP_MAX_AGE_HOURS if max_age_hours is None else max_age_hours
-    return tempfiles.cleanup_temp_files(
-        settings.TEMP_CLEANUP_DIRS, dt.timedelta(hours=hours), dry_run=dry_run
-    )
+    return tempfiles.cleanup_temp_files(settings.TEMP_CLEANUP_DIRS, dt.timedelta(hours=hours), dry_run=dry_run)
 
 
 @platform_task(

@@ -75,7 +75,7 @@ def database(name: str, default: str) -> dict[str, Any]:
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} is invalid ({exc}); {hint}.") from None
     if not config.get("NAME"):
-        raise ImproperlyConfigured(f"{name}={_redact(url)!r} names no database; {hint}.")
+        raise ImproperlyConfigured(f"{name}={redact(url)!r} names no database; {hint}.")
     return dict(config)
 
 
@@ -84,11 +84,11 @@ def redis_url(name: str, default: str) -> str:
     parts = urlsplit(url)
     hint = "use redis://[:password@]host:6379/0, rediss://... for TLS, or unix:///path/to.sock"
     if parts.scheme not in REDIS_SCHEMES:
-        raise ImproperlyConfigured(f"{name}={_redact(url)!r} is not a Redis URL; {hint}.")
+        raise ImproperlyConfigured(f"{name}={redact(url)!r} is not a Redis URL; {hint}.")
     if parts.scheme == "unix" and not parts.path:
-        raise ImproperlyConfigured(f"{name}={_redact(url)!r} names no socket path; {hint}.")
+        raise ImproperlyConfigured(f"{name}={redact(url)!r} names no socket path; {hint}.")
     if parts.scheme != "unix" and not parts.hostname:
-        raise ImproperlyConfigured(f"{name}={_redact(url)!r} names no host; {hint}.")
+        raise ImproperlyConfigured(f"{name}={redact(url)!r} names no host; {hint}.")
     return url
 
 
@@ -99,7 +99,7 @@ def broker_url(redis: str) -> str:
     return redis
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@")

@@ -65,8 +65,7 @@ class Supervisor:
         return proc
 
     def _pump(self, name: str, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+        for line in proc.stdout or ():
             self.say(name, line.rstrip("\n"))
         proc.wait()
         self._wake.set()

@@ -26,9 +26,14 @@ class NextRun:
         return self.at.astimezone(ZoneInfo(self.zone)) if self.at else None
 
 
+UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
 def interval_in_words(every: int, period: str) -> str:
-    unit = period.rstrip("s")
-    return f"every {unit}" if every == 1 else f"every {every} {unit}s"
+    seconds = interval_seconds(every, period)
+    unit, size = next((u, n) for u, n in UNITS if seconds >= n and seconds % n == 0) if seconds >= 1 else ("second", 1)
+    count = seconds / size
+    return f"every {unit}" if count == 1 else f"every {count:g} {unit}s"
 
 
 def describe(task: PeriodicTask) -> str:
@@ -69,4 +74,3 @@ def next_run(task: PeriodicTask, now: dt.datetime | None = None) -> NextRun:
 
 def interval_seconds(every: int, period: str) -> float:
     return dt.timedelta(**{period: every}).total_seconds()
-

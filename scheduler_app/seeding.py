@@ -46,7 +46,7 @@ def seed_default_tasks(*, reset: bool = False, dry_run: bool = False) -> SeedRep
         for definition in catalog.definitions():
             task = find_seeded(definition)
             plan = plan_for(definition, task, reset=reset)
-            if not dry_run:
+            if not dry_run and plan.outcome != "unchanged":
                 apply(plan, task)
             plans.append(plan)
     return SeedReport(plans)

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 from celery.signals import worker_ready
+from django.conf import settings
 
 from scheduler_app import broker
 
@@ -21,6 +22,8 @@ CLAIM_SECONDS = 60
 
 @worker_ready.connect
 def send_startup_health_check(sender: Any = None, **kwargs: Any) -> None:
+    if not settings.STARTUP_HEALTH_CHECK:
+        return
     try:
         claimed = broker.redis_client().set(CLAIM_KEY, "1", nx=True, ex=CLAIM_SECONDS)
     except redis.RedisError as exc:

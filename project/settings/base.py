@@ -131,6 +131,8 @@ HEALTH_THRESHOLDS = {
     "cpu_percent": env.number("HEALTH_CPU_WARN_PERCENT", 90),
     "queue_depth": env.integer("HEALTH_QUEUE_WARN_DEPTH", 1000),
 }
+# A worker that starts sends one health check, so an operator sees the platform work at once.
+STARTUP_HEALTH_CHECK = env.boolean("STARTUP_HEALTH_CHECK", True)
 HEALTH_DISK_PATH = env.string("HEALTH_DISK_PATH") or str(VAR_DIR.parent)
 
 LOGGING = {

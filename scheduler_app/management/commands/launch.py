@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from project import env
 from scheduler_app import broker
 from scheduler_app.launcher import Service, Supervisor
 
@@ -29,7 +30,9 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("WEB_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("WEB_PORT", "8000")))
         parser.add_argument(
-            "--stop-timeout", type=float, default=float(os.environ.get("LAUNCHER_STOP_TIMEOUT", "30")),
+            "--stop-timeout",
+            type=float,
+            default=float(os.environ.get("LAUNCHER_STOP_TIMEOUT", "30")),
             help="Seconds the worker gets to finish its running tasks on stop (default 30).",
         )
         parser.add_argument("--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "2")))
@@ -44,7 +47,9 @@ class Command(BaseCommand):
             supervisor.stop_all(STOP_ORDER)
         if failed is not None:
             code = supervisor.returncode(failed.name)
-            raise CommandError(f"{failed.name} exited with code {code}, so the others were stopped; its last lines are above.")
+            raise CommandError(
+                f"{failed.name} exited with code {code}, so the others were stopped; its last lines are above."
+            )
         supervisor.say("launcher", "all stopped")
 
     def _run(self, sup: Supervisor, host: str, port: int, stop_timeout: float, concurrency: int) -> Service | None:
@@ -65,7 +70,10 @@ class Command(BaseCommand):
         return sup.first_exit()
 
     def _prepare(self, sup: Supervisor) -> None:
-        sup.say("launcher", f"database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]} {settings.DATABASES['default']['NAME']}")
+        db = settings.DATABASES["default"]
+        sup.say("launcher", f"database: {db['ENGINE'].rsplit('.', 1)[-1]} {db['NAME']}")
+        kind = "embedded Valkey" if settings.USES_EMBEDDED_REDIS else "Redis"
+        sup.say("launcher", f"broker: {kind} at {env.redact(settings.REDIS_URL)}")
         call_command("migrate", interactive=False, verbosity=0)
         sup.say("launcher", "migrations applied")
         call_command("seed_default_tasks", stdout=_Prefixed(sup, "seed"))
@@ -77,7 +85,10 @@ class Command(BaseCommand):
             if sup.stop_requested.is_set():
                 return
             if sup.returncode(name) is not None:
-                raise CommandError(f"{name} exited with code {sup.returncode(name)} while starting; its last lines are above.")
+                raise CommandError(
+                    f"{name} exited with code {sup.returncode(name)} while starting, so the others were "
+                    "stopped; its last lines are above."
+                )
             if time.monotonic() > deadline:
                 raise CommandError(f"{name} did not become ready within {READY_TIMEOUT:g}s; its log is above.")
             time.sleep(0.2)
@@ -93,7 +104,18 @@ def _services(host: str, port: int, stop_timeout: float, concurrency: int) -> li
             stop_timeout=stop_timeout,
             signal_group=False,  # SIGTERM to the main process only: Celery's warm shutdown
         ),
-        Service("beat", [*celery, "beat", "--loglevel", "INFO", "--pidfile=", "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")]),
+        Service(
+            "beat",
+            [
+                *celery,
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--pidfile=",
+                "--schedule",
+                str(settings.VAR_DIR / "celerybeat-schedule"),
+            ],
+        ),
     ]
 
 

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from scheduler_app.schedules import describe, next_run
+from scheduler_app.schedules import NextRun, describe, next_run
 
 
 class Command(BaseCommand):
@@ -24,10 +24,11 @@ class Command(BaseCommand):
             self.stdout.write(f"    task:     {task.task}")
             self.stdout.write(f"    schedule: {describe(task)}")
             self.stdout.write(f"    last run: {task.last_run_at.isoformat() if task.last_run_at else 'never'}")
-            if upcoming.at is None:
-                self.stdout.write(f"    next run: none ({upcoming.reason})")
-            else:
-                local = upcoming.local()
-                assert local is not None
-                self.stdout.write(f"    next run: {local.isoformat()} {upcoming.zone} = {upcoming.at.isoformat()} UTC")
+            self.stdout.write(f"    next run: {self._when(upcoming)}")
         self.stdout.write(f"{count} schedule(s)")
+
+    def _when(self, upcoming: NextRun) -> str:
+        local = upcoming.local()
+        if upcoming.at is None or local is None:
+            return f"none ({upcoming.reason})"
+        return f"{local.isoformat()} {upcoming.zone} = {upcoming.at.isoformat()} UTC"

@@ -15,7 +15,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--reset", action="store_true", help="Put every seeded field back to the catalog's default.")
+        parser.add_argument(
+            "--reset", action="store_true", help="Put every seeded field back to the catalog's default."
+        )
         parser.add_argument("--dry-run", action="store_true", help="Print what would change; write nothing.")
 
     def handle(self, *args: Any, reset: bool, dry_run: bool, **options: Any) -> None:

@@ -1,0 +1,205 @@
+"""The launcher: its supervisor with real processes, and `manage.py launch` end to end."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from scheduler_app.launcher import Service, Supervisor
+from tests.processes import ROOT, wait_for
+
+PY = sys.executable
+
+
+def python(code: str) -> list[str]:
+    return [PY, "-c", code]
+
+
+# --- the supervisor -------------------------------------------------------------------
+
+
+def test_it_prefixes_each_line_with_its_service() -> None:
+    out = io.StringIO()
+    sup = Supervisor(out, width=6)
+    sup.start(Service("alpha", python("print('one'); print('two')")))
+    assert sup.first_exit() is not None
+    sup.stop_all(["alpha"])
+    assert "alpha  | one\nalpha  | two\n" in out.getvalue()
+
+
+def test_it_reports_the_first_service_to_exit_and_stops_the_others() -> None:
+    out = io.StringIO()
+    sup = Supervisor(out)
+    long_running = sup.start(Service("long", python("import time; time.sleep(120)")))
+    sup.start(Service("short", python("raise SystemExit(3)")))
+    failed = sup.first_exit()
+    assert failed is not None and failed.name == "short"
+    assert sup.returncode("short") == 3
+    sup.stop_all(["long", "short"])
+    assert long_running.poll() == -signal.SIGTERM
+    assert "stopping long" in out.getvalue()
+
+
+def test_it_kills_a_service_that_ignores_sigterm_after_its_stop_timeout() -> None:
+    out = io.StringIO()
+    sup = Supervisor(out)
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+    code += "time.sleep(120)"
+    stubborn = sup.start(Service("stubborn", python(code), stop_timeout=1, signal_group=False))
+    wait_for(lambda: "ready" in out.getvalue(), 30, "the service to start")
+    sup.stop_all(["stubborn"])
+    assert stubborn.poll() == -signal.SIGKILL
+    assert "stubborn did not stop in 1s: killing it" in out.getvalue()
+
+
+def test_it_stops_services_in_the_order_given() -> None:
+    out = io.StringIO()
+    sup = Supervisor(out)
+    code = "import signal, sys, time; "
+    code += "signal.signal(signal.SIGTERM, lambda *a: (print('{}', flush=True), sys.exit(0))); "
+    code += "print('up', flush=True); time.sleep(120)"
+    for name in ("first", "second", "third"):
+        sup.start(Service(name, python(code.format(f"{name} stopped"))))
+    wait_for(lambda: out.getvalue().count("| up") == 3, 30, "three services")
+    sup.stop_all(["second", "third", "first"])
+    stops = re.findall(r"(\w+) stopped", out.getvalue())
+    assert stops == ["second", "third", "first"]
+
+
+# --- manage.py launch, end to end ------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Launch:
+    """`manage.py launch` on a fresh var dir with the embedded default (no URLs set)."""
+
+    def __init__(self, port: int) -> None:
+        self.var = Path(tempfile.mkdtemp(prefix="bk-"))  # short: the socket path must fit 107 bytes
+        self.port = port
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+        env.update(BEATKEEPER_VAR_DIR=str(self.var), ADMIN_USERNAME="ops", ADMIN_PASSWORD="correct-horse-battery-9")
+        self.proc = subprocess.Popen(
+            [PY, "manage.py", "launch", "--port", str(port), "--stop-timeout", "20"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout or ():
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_output(self, text: str, timeout: float = 90) -> None:
+        def seen() -> bool:
+            if self.proc.poll() is not None and text not in self.output:
+                raise AssertionError(f"launcher exited ({self.proc.returncode}):\n{self.output[-4000:]}")
+            return text in self.output
+
+        wait_for(seen, timeout, f"{text!r} from the launcher")
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            for child in self.descendants():
+                child.kill()
+            self.proc.kill()
+        self.proc.wait()
+        subprocess.run(["rm", "-rf", str(self.var)], check=False)
+
+
+@pytest.fixture
+def launch() -> Iterator[type[Launch]]:
+    started: list[Launch] = []
+
+    def make(port: int) -> Launch:
+        started.append(Launch(port))
+        return started[-1]
+
+    yield make  # type: ignore[misc]
+    for launched in started:
+        launched.close()
+
+
+class Browser:
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def get(self, path: str) -> str:
+        with self.opener.open(self.base + path, timeout=10) as response:
+            return str(response.read().decode())
+
+    def log_in(self, username: str, password: str) -> None:
+        page = self.get("/admin/login/")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+        assert token, "no CSRF token on the login page"
+        form = {"csrfmiddlewaretoken": token.group(1), "username": username, "password": password, "next": "/admin/"}
+        with self.opener.open(self.base + "/admin/login/", urllib.parse.urlencode(form).encode(), timeout=10) as r:
+            assert r.url.endswith("/admin/"), "the log-in was refused"
+
+
+def test_it_runs_the_whole_platform_and_shows_a_finished_health_check_in_the_admin(launch: type[Launch]) -> None:
+    port = free_port()
+    launched = launch(port)
+    launched.wait_for_output("Beatkeeper is running. Admin: http://127.0.0.1:")
+    assert "5 created, 0 updated, 0 unchanged" in launched.output
+    assert "admin user 'ops' uses the password from ADMIN_PASSWORD" in launched.output
+    browser = Browser(f"http://127.0.0.1:{port}")
+    browser.log_in("ops", "correct-horse-battery-9")
+    assert "System health check" in browser.get("/admin/django_celery_beat/periodictask/")
+
+    def health_check_succeeded() -> bool:
+        page = browser.get("/admin/django_celery_results/taskresult/?task_name=maintenance.system_health_check")
+        return "SUCCESS" in page
+
+    wait_for(health_check_succeeded, 60, "a finished system health check in the admin", interval=1)
+    children = launched.descendants()
+    assert {"web", "worker", "beat", "redis"} <= set(re.findall(r"started (\w+) \(pid", launched.output))
+    launched.proc.send_signal(signal.SIGTERM)
+    assert launched.proc.wait(timeout=90) == 0, launched.output[-3000:]
+    assert "worker: Warm shutdown" in launched.output
+    assert "launcher | all stopped" in launched.output
+    assert [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_it_says_which_process_died_and_stops_the_others(launch: type[Launch]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        launched = launch(taken.getsockname()[1])  # the web server cannot bind it
+        assert launched.proc.wait(timeout=120) != 0
+    output = launched.output
+    assert "web exited with code" in output
+    assert "so the others were stopped" in output
+    assert "stopping worker" in output and "stopping redis" in output
+    assert "embedded Redis stopped" in output
