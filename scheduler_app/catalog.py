@@ -29,6 +29,13 @@ class Every:
         if self.seconds < 1:
             raise ValueError(f"an interval must be at least 1 second, not {self.seconds}")
 
+    def as_interval(self) -> tuple[int, str]:
+        """(every, period) in the largest whole unit, as django-celery-beat stores it."""
+        for period, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+            if self.seconds % size == 0:
+                return self.seconds // size, period
+        return self.seconds, "seconds"
+
 
 @dataclass(frozen=True)
 class Cron:

@@ -13,6 +13,8 @@ from cron_descriptor import get_description
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
+from scheduler_app.catalog import Every
+
 UTC = dt.UTC
 
 
@@ -26,14 +28,13 @@ class NextRun:
         return self.at.astimezone(ZoneInfo(self.zone)) if self.at else None
 
 
-UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
-
-
 def interval_in_words(every: int, period: str) -> str:
     seconds = interval_seconds(every, period)
-    unit, size = next((u, n) for u, n in UNITS if seconds >= n and seconds % n == 0) if seconds >= 1 else ("second", 1)
-    count = seconds / size
-    return f"every {unit}" if count == 1 else f"every {count:g} {unit}s"
+    if seconds < 1 or seconds != int(seconds):
+        return f"every {seconds:g} seconds"
+    count, unit = Every(int(seconds)).as_interval()
+    unit = unit.removesuffix("s")
+    return f"every {unit}" if count == 1 else f"every {count} {unit}s"
 
 
 def describe(task: PeriodicTask) -> str:

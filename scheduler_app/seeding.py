@@ -162,9 +162,8 @@ def _set_field(task: PeriodicTask, name: str, value: Any, definition: TaskDefini
 def _set_schedule(task: PeriodicTask, schedule: Every | Cron) -> None:
     task.interval = task.crontab = task.clocked = task.solar = None
     if isinstance(schedule, Every):
-        task.interval, _ = IntervalSchedule.objects.get_or_create(
-            every=schedule.seconds, period=IntervalSchedule.SECONDS
-        )
+        every, period = schedule.as_interval()
+        task.interval, _ = IntervalSchedule.objects.get_or_create(every=every, period=period)
         return
     task.crontab, _ = CrontabSchedule.objects.get_or_create(
         minute=schedule.minute,

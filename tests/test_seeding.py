@@ -39,7 +39,7 @@ def test_it_creates_one_schedule_per_catalog_definition() -> None:
 def test_it_seeds_the_catalogs_schedules_and_options() -> None:
     seed()
     health = PeriodicTask.objects.get(name="System health check")
-    assert (health.interval.every, health.interval.period) == (300, IntervalSchedule.SECONDS)
+    assert (health.interval.every, health.interval.period) == (5, IntervalSchedule.MINUTES)
     assert health.expire_seconds == 300
     purge = PeriodicTask.objects.get(name="Purge expired sessions")
     assert (purge.crontab.minute, purge.crontab.hour, str(purge.crontab.timezone)) == ("17", "3", "UTC")

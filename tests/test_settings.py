@@ -101,3 +101,10 @@ def test_it_spells_a_unix_socket_the_way_kombu_expects() -> None:
 
 def test_it_hides_the_password_of_a_url_in_messages() -> None:
     assert env.redact("redis://:hunter2@h:6379/0") == "redis://:***@h:6379/0"
+
+
+def test_it_serves_static_files_through_whitenoise_in_production_only() -> None:
+    code = "from django.conf import settings; print(settings.MIDDLEWARE[2])"
+    assert manage("shell", "-c", code, **PRODUCTION).stdout.strip().splitlines()[-1] == (
+        "whitenoise.middleware.WhiteNoiseMiddleware"
+    )

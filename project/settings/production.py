@@ -6,7 +6,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from project import env
 from project.settings.base import *  # noqa: F403
-from project.settings.base import SECRET_KEY
+from project.settings.base import MIDDLEWARE, SECRET_KEY
 
 for _name in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL"):
     _set = SECRET_KEY if _name == "SECRET_KEY" else env.string(_name)
@@ -18,8 +18,9 @@ for _name in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL"):
         )
 
 DEBUG = False
+# WhiteNoise serves the admin's static files (collected into STATIC_ROOT at build time).
+MIDDLEWARE = [*MIDDLEWARE[:2], "whitenoise.middleware.WhiteNoiseMiddleware", *MIDDLEWARE[2:]]
 SECURE_SSL_REDIRECT = env.boolean("SECURE_SSL_REDIRECT", True)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # probes speak plain HTTP inside the cluster
 if env.boolean("TRUST_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_HSTS_SECONDS = env.integer("SECURE_HSTS_SECONDS", 31536000)
