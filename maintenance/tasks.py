@@ -22,14 +22,18 @@ HOUR = 3600
     name="maintenance.cleanup_old_runs",
     schedule_name="Clean up old runs",
     schedule=Every(HOUR),
+    overlap="skip",
     soft_time_limit=30 * 60,
     time_limit=35 * 60,
     expires=HOUR,
 )
-def cleanup_old_runs(max_age_hours: float | None = None, batch_size: int = 5000) -> dict[str, Any]:
-    """Delete finished run records older than RUN_RETENTION_HOURS (default 24 h)."""
+def cleanup_old_runs(
+    max_age_hours: float | None = None, keep_last: int | None = None, batch_size: int = 5000
+) -> dict[str, Any]:
+    """Delete finished run records older than RUN_RETENTION_HOURS, keeping each schedule's newest."""
     hours = settings.RUN_RETENTION_HOURS if max_age_hours is None else max_age_hours
-    return runs.cleanup_old_runs(dt.timedelta(hours=hours), batch_size=batch_size)
+    keep = settings.RUN_RETENTION_KEEP_LAST if keep_last is None else keep_last
+    return runs.cleanup_old_runs(dt.timedelta(hours=hours), keep_last=keep, batch_size=batch_size)
 
 
 @platform_task(
@@ -51,6 +55,7 @@ def system_health_check() -> dict[str, Any]:
     name="maintenance.cleanup_temp_files",
     schedule_name="Clean up temporary files",
     schedule=Every(6 * HOUR),
+    overlap="skip",
     soft_time_limit=30 * 60,
     time_limit=35 * 60,
     expires=6 * HOUR,
@@ -85,6 +90,7 @@ def log_statistics(window_minutes: float = 15) -> dict[str, Any]:
     name="maintenance.purge_expired_sessions",
     schedule_name="Purge expired sessions",
     schedule=Cron(minute="17", hour="3"),
+    overlap="skip",
     soft_time_limit=10 * 60,
     time_limit=12 * 60,
     expires=12 * HOUR,

@@ -9,4 +9,6 @@ class SchedulerAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from scheduler_app import checks, startup  # noqa: F401  (registers checks and signals)
+        # Signal handlers: run context and expiry (history), the unacked-message heartbeat,
+        # the start-up health check.
+        from scheduler_app import heartbeat, history, startup  # noqa: F401

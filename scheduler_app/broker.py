@@ -10,21 +10,15 @@ from dataclasses import dataclass
 
 import redis
 from celery import current_app
-from django.conf import settings
 
 from scheduler_app import catalog
+from scheduler_app.connection import redis_client
 
 
 @dataclass(frozen=True)
 class BrokerStatus:
     reachable: bool
     error: str = ""
-
-
-def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.REDIS_URL, socket_connect_timeout=3, socket_timeout=5, health_check_interval=25
-    )
 
 
 def broker_status() -> BrokerStatus:

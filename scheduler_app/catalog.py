@@ -13,10 +13,9 @@ from typing import Any
 
 from celery import shared_task
 from celery.app.task import Task
-from django.db import OperationalError
 
-# Failures worth another attempt: the database or broker was briefly unavailable.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (OperationalError, ConnectionError, TimeoutError)
+from scheduler_app.policy import RunPolicy
+from scheduler_app.runtime import TRANSIENT_ERRORS, PlatformTask
 
 
 @dataclass(frozen=True)
@@ -58,10 +57,8 @@ class TaskDefinition:
     description: str = ""
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     queue: str | None = None
-    expires: int | None = None  # seconds after dispatch; a run not started by then is dropped
-    max_retries: int = 3
-    soft_time_limit: int | None = None
-    time_limit: int | None = None
+    expires: int | None = None  # seconds after dispatch; a run not started by then is EXPIRED
+    policy: RunPolicy = RunPolicy()
 
 
 _definitions: dict[str, TaskDefinition] = {}
@@ -81,43 +78,47 @@ def definitions() -> list[TaskDefinition]:
 def platform_task(
     *,
     name: str,
-    schedule_name: str,
-    schedule: Every | Cron,
-    max_retries: int = 3,
-    soft_time_limit: int | None = None,
-    time_limit: int | None = None,
+    schedule: Every | Cron | None = None,
+    schedule_name: str = "",
     expires: int | None = None,
     queue: str | None = None,
     kwargs: Mapping[str, Any] | None = None,
+    retry_for: tuple[type[BaseException], ...] = TRANSIENT_ERRORS,
+    **policy: Any,
 ) -> Callable[[Callable[..., Any]], Task]:
-    """Register a Celery task named `name` and its default schedule in the catalog."""
+    """Register a platform task named `name` with its policy (see RunPolicy for the
+    keywords), and, given a `schedule`, its default schedule in the catalog."""
+    run_policy = RunPolicy(**policy)
 
     def decorate(func: Callable[..., Any]) -> Task:
         task = shared_task(
             name=name,
-            autoretry_for=TRANSIENT_ERRORS,
-            max_retries=max_retries,
-            retry_backoff=True,
-            retry_backoff_max=600,
-            retry_jitter=True,
-            soft_time_limit=soft_time_limit,
-            time_limit=time_limit,
+            base=PlatformTask,
+            policy=run_policy,
+            retry_for=retry_for,
+            max_retries=run_policy.max_retries,
+            soft_time_limit=run_policy.soft_time_limit,
+            time_limit=run_policy.time_limit,
         )(func)
-        register(
-            TaskDefinition(
-                key=name,
-                name=schedule_name,
-                task=name,
-                schedule=schedule,
-                description=(func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else "",
-                kwargs=dict(kwargs or {}),
-                queue=queue,
-                expires=expires,
-                max_retries=max_retries,
-                soft_time_limit=soft_time_limit,
-                time_limit=time_limit,
-            )
-        )
+        if schedule is not None:
+            register(_definition(func, name, schedule, schedule_name, expires, queue, kwargs, run_policy))
         return task
 
     return decorate
+
+
+def _definition(func: Callable[..., Any], name: str, schedule: Every | Cron, schedule_name: str,
+                expires: int | None, queue: str | None, kwargs: Mapping[str, Any] | None,
+                policy: RunPolicy) -> TaskDefinition:  # fmt: skip
+    doc = (func.__doc__ or "").strip()
+    return TaskDefinition(
+        key=name,
+        name=schedule_name or name,
+        task=name,
+        schedule=schedule,
+        description=doc.splitlines()[0] if doc else "",
+        kwargs=dict(kwargs or {}),
+        queue=queue,
+        expires=expires,
+        policy=policy,
+    )

@@ -1,17 +1,33 @@
 """The platform's companion to django-celery-beat's `PeriodicTask`.
 
-One row per schedule, keyed one-to-one on it, for what django-celery-beat lacks. Today:
-where a seeded schedule came from and what seeding last wrote, so re-seeding can tell an
-operator's edit from a stale default. The runtime policy (overlap, catch-up, ...) joins
-it in a later release.
+One row per schedule, keyed one-to-one on it, for what django-celery-beat lacks: the
+schedule's execution policy (each field empty = the task's own default, from its catalog
+definition) and where a seeded schedule came from, with what seeding last wrote, so
+re-seeding can tell an operator's edit from a stale default. Expiry, priority and queue
+are django-celery-beat's own fields of the schedule.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django_celery_beat.models import PeriodicTask
+
+from scheduler_app.policy import CATCH_UP_CHOICES, OVERLAP_CHOICES, RunPolicy
+
+POLICY_FIELDS = (
+    "overlap",
+    "lock_ttl",
+    "max_retries",
+    "retry_backoff",
+    "retry_backoff_max",
+    "soft_time_limit",
+    "time_limit",
+    "catch_up",
+)
 
 
 class SchedulePolicy(models.Model):
@@ -29,6 +45,37 @@ class SchedulePolicy(models.Model):
         blank=True,
         help_text="The fields as seeding last wrote them; a field that differs was edited.",
     )
+    overlap = models.CharField(
+        max_length=8,
+        blank=True,
+        choices=[(c, c) for c in OVERLAP_CHOICES],
+        help_text="allow: runs may overlap; skip: a run finding the previous one still running is "
+        "recorded as SKIPPED; wait: at most one run waits behind the running one.",
+    )
+    lock_ttl = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(3)],
+        help_text="Seconds the overlap lock lives without renewal (it is renewed while the run is alive).",
+    )
+    max_retries = models.PositiveSmallIntegerField(null=True, blank=True, validators=[MaxValueValidator(100)])
+    retry_backoff = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Seconds before the first retry; doubled for each next one, with jitter.",
+    )
+    retry_backoff_max = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0)])
+    soft_time_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds; the task then gets SoftTimeLimitExceeded and can tidy up."
+    )
+    time_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds; the run is then killed.")
+    catch_up = models.CharField(
+        max_length=8,
+        blank=True,
+        choices=[(c, c) for c in CATCH_UP_CHOICES],
+        help_text="After beat was down: skip the missed slot (as cron does) or run it once now.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -37,3 +84,18 @@ class SchedulePolicy(models.Model):
 
     def __str__(self) -> str:
         return f"policy of {self.periodic_task.name}"
+
+    def clean(self) -> None:
+        from celery import current_app
+
+        task = current_app.tasks.get(self.periodic_task.task)
+        base = getattr(task, "policy", None) or RunPolicy()
+        try:
+            base.with_overrides(self.overrides())
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields set on this schedule; the task's defaults apply to the rest."""
+        values = {name: getattr(self, name) for name in POLICY_FIELDS}
+        return {name: value for name, value in values.items() if value not in (None, "")}

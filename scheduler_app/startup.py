@@ -13,7 +13,7 @@ import redis
 from celery.signals import worker_ready
 from django.conf import settings
 
-from scheduler_app import broker
+from scheduler_app.connection import redis_client
 
 logger = logging.getLogger(__name__)
 CLAIM_KEY = "beatkeeper:startup-health-check"
@@ -25,7 +25,7 @@ def send_startup_health_check(sender: Any = None, **kwargs: Any) -> None:
     if not settings.STARTUP_HEALTH_CHECK:
         return
     try:
-        claimed = broker.redis_client().set(CLAIM_KEY, "1", nx=True, ex=CLAIM_SECONDS)
+        claimed = redis_client().set(CLAIM_KEY, "1", nx=True, ex=CLAIM_SECONDS)
     except redis.RedisError as exc:
         logger.warning("start-up health check not sent: broker unreachable (%s)", exc)
         return

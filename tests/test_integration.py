@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 
 from scheduler_app import catalog
+from scheduler_app.history import run_context
 from tests.processes import beat, wait_for, worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -34,6 +36,11 @@ def test_it_fires_an_interval_schedule_through_beat_and_records_the_run(tmp_path
     assert row.worker and row.worker.startswith("test-")
     assert row.date_started is not None and row.date_done >= row.date_started
     assert "received" in w.output
+    context = run_context(row)
+    assert (context["trigger"], context["schedule"], context["attempt"]) == ("beat", "sessions every second", 1)
+    scheduled_for = dt.datetime.fromisoformat(context["scheduled_for"])
+    assert scheduled_for <= row.date_started
+    assert dt.datetime.fromisoformat(context["queued_at"]) >= scheduled_for
 
 
 def test_it_runs_every_catalog_task_on_a_real_worker(tmp_path: Path) -> None:

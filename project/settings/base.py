@@ -98,9 +98,17 @@ STATIC_ROOT = VAR_DIR / "static"
 CELERY_BROKER_URL = env.broker_url(REDIS_URL)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    # A message not acknowledged within this many seconds is redelivered. It must exceed
-    # every task's hard time limit (checked at start-up: scheduler_app/checks.py).
-    "visibility_timeout": env.integer("CELERY_VISIBILITY_TIMEOUT", 7200, minimum=60),
+    # A message held by a worker that died is delivered again after this many seconds.
+    # Live workers refresh the messages they hold (scheduler_app/heartbeat.py), so a long
+    # run or a far ETA is never delivered twice, whatever this value.
+    "visibility_timeout": env.integer("CELERY_VISIBILITY_TIMEOUT", 300, minimum=5),
+    # Look for such messages every 10 s (kombu's default throttle makes it every 100 s),
+    # so a dead worker's run is redelivered within visibility_timeout + 10 s.
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
+    # Ten priority levels, 0 the highest (Redis' order); messages default to 5.
+    "priority_steps": list(range(10)),
+    "queue_order_strategy": "priority",
     "socket_connect_timeout": 5,
     "socket_timeout": 30,
     "health_check_interval": 25,
@@ -114,15 +122,19 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True  # a worker killed mid-run leaves the message for redelivery
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # with late acks: hold no more than one spare message
+CELERY_TASK_DEFAULT_PRIORITY = 5
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_SEND_TASK_EVENTS = True  # `celery events` and Flower work out of the box
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_TIMEZONE = TIME_ZONE
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "scheduler_app.beat:Scheduler"
+# A slot found due later than this (beat was down) follows the schedule's catch-up policy.
+BEAT_CATCH_UP_GRACE_SECONDS = env.number("BEAT_CATCH_UP_GRACE_SECONDS", 60, minimum=1)
 DJANGO_CELERY_BEAT_TZ_AWARE = True
 
 # --- Maintenance tasks (defaults for the catalog's schedules) ---------------------------
 RUN_RETENTION_HOURS = env.number("RUN_RETENTION_HOURS", 24, minimum=0)
+RUN_RETENTION_KEEP_LAST = env.integer("RUN_RETENTION_KEEP_LAST", 10)  # newest runs kept per schedule
 TEMP_CLEANUP_DIRS = env.items("TEMP_CLEANUP_DIRS", str(VAR_DIR / "tmp"), separator=":")
 TEMP_CLEANUP_MAX_AGE_HOURS = env.number("TEMP_CLEANUP_MAX_AGE_HOURS", 24, minimum=0)
 HEALTH_THRESHOLDS = {

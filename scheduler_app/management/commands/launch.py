@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from project import env
-from scheduler_app import broker
+from scheduler_app.connection import redis_client
 from scheduler_app.launcher import Service, Supervisor
 
 STOP_ORDER = ("web", "beat", "worker", "redis")
@@ -121,7 +121,7 @@ def _services(host: str, port: int, stop_timeout: float, concurrency: int) -> li
 
 def _redis_answers() -> bool:
     try:
-        return bool(broker.redis_client().ping())
+        return bool(redis_client().ping())
     except redis.RedisError:
         return False
 

@@ -1,0 +1,22 @@
+"""Trivial tasks for bench/platform_overhead.py: the same body, plain and platform."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from scheduler_app.catalog import platform_task
+
+
+@shared_task(name="bench.plain")
+def plain(n: int) -> dict[str, int]:
+    return {"n": n}
+
+
+@platform_task(name="bench.platform")
+def platform(n: int) -> dict[str, int]:
+    return {"n": n}
+
+
+@platform_task(name="bench.platform_locked", overlap="skip")
+def platform_locked(n: int) -> dict[str, int]:
+    return {"n": n}

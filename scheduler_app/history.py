@@ -1,0 +1,108 @@
+"""Run history: the facts of a run beyond Celery's, kept in TaskResult.meta.
+
+Every message sent by a Beatkeeper process carries a `beatkeeper` header with its
+trigger and queued-at time (beat adds the schedule and scheduled-for time). On the
+worker, `task_prerun` copies it into `request.meta` before Celery writes the STARTED
+row, so the context is stored with every state write at no extra cost. A retry or a
+redelivery of the same run reads the run's row once and carries the earlier attempts on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from celery import states as celery_states
+from celery.signals import before_task_publish, task_postrun, task_prerun, task_revoked
+from django.utils import timezone
+from django_celery_results.models import TaskResult
+
+from scheduler_app import states
+
+HEADER = "beatkeeper"
+TRIGGERS = ("beat", "manual", "api", "retry", "direct")
+RUNNING = {celery_states.STARTED, states.PROGRESS}
+
+
+@before_task_publish.connect
+def stamp_queued_at(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    if headers is None:
+        return
+    context = headers.setdefault(HEADER, {})
+    if isinstance(context, dict):
+        context.setdefault("queued_at", timezone.now().isoformat())
+        context.setdefault("trigger", "beat" if headers.get("periodic_task_name") else "direct")
+
+
+@task_prerun.connect
+def attach_run_context(task_id: str = "", task: Any = None, **kwargs: Any) -> None:
+    request = task.request
+    header = getattr(request, HEADER, None) or (request.headers or {}).get(HEADER) or {}
+    attempts = earlier_attempts(task_id) if request.retries or _redelivered(request) else []
+    request.meta = {
+        "trigger": header.get("trigger", "direct"),
+        "schedule": header.get("schedule") or getattr(request, "periodic_task_name", None),
+        "scheduled_for": header.get("scheduled_for"),
+        "queued_at": header.get("queued_at"),
+        "attempt": len(attempts) + 1,
+        "attempts": attempts,
+        **({"retry_of": header["retry_of"]} if header.get("retry_of") else {}),
+    }
+
+
+@task_postrun.connect
+def forget_progress_throttle(task_id: str = "", **kwargs: Any) -> None:
+    from scheduler_app.runtime import _last_progress
+
+    _last_progress.pop(task_id, None)
+
+
+@task_revoked.connect
+def record_expiry(sender: Any = None, request: Any = None, expired: bool = False, **kwargs: Any) -> None:
+    """Celery records an expired run as REVOKED; the platform says what happened."""
+    if expired and sender is not None and request is not None:
+        result = {"reason": "not started before it expired", "expires": str(request.expires)}
+        sender.backend.store_result(request.id, result, states.EXPIRED, request=request)
+
+
+def _redelivered(request: Any) -> bool:
+    return bool((request.delivery_info or {}).get("redelivered"))
+
+
+def earlier_attempts(task_id: str) -> list[dict[str, Any]]:
+    row = TaskResult.objects.filter(task_id=task_id).first()
+    if row is None:
+        return []
+    meta = json.loads(row.meta or "{}") if isinstance(row.meta, str) else (row.meta or {})
+    earlier = list(meta.get("attempts", []))
+    earlier.append(
+        {
+            "attempt": meta.get("attempt", len(earlier) + 1),
+            "state": "INTERRUPTED" if row.status in RUNNING else row.status,
+            "started": row.date_started.isoformat() if row.date_started else None,
+            "ended": row.date_done.isoformat() if row.date_done else None,
+            "worker": row.worker,
+            "error": _error_of(row),
+        }
+    )
+    return earlier
+
+
+def _error_of(row: TaskResult) -> str | None:
+    """`Type: message` of the exception a run stopped on, if it stopped on one."""
+    try:
+        stored = json.loads(row.result or "null")
+    except ValueError:
+        stored = None
+    if isinstance(stored, dict) and "exc_type" in stored:
+        message = stored.get("exc_message") or []
+        text = " ".join(map(str, message)) if isinstance(message, list | tuple) else str(message)
+        return f"{stored['exc_type']}: {text}"
+    lines = [line for line in (row.traceback or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def run_context(row: TaskResult) -> dict[str, Any]:
+    """The platform's facts of a recorded run (for the admin, the API and tests)."""
+    meta = json.loads(row.meta or "{}") if isinstance(row.meta, str) else (row.meta or {})
+    return {key: value for key, value in meta.items() if key != "children"}

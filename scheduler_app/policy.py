@@ -1,0 +1,52 @@
+"""The execution policy of a run: overlap, lock TTL, retries, time limits, catch-up.
+
+A task declares its defaults (`platform_task(...)` or `PlatformTask.policy`); a schedule
+may override any of them (`SchedulePolicy`); beat sends the overrides in the message's
+`beatkeeper` header, so the worker needs no database read to know them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+Overlap = Literal["allow", "skip", "wait"]
+CatchUp = Literal["skip", "once"]
+OVERLAP_CHOICES = ("allow", "skip", "wait")
+CATCH_UP_CHOICES = ("skip", "once")
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    overlap: Overlap = "allow"
+    lock_ttl: int = 60  # seconds; renewed every third of it while the run is alive
+    max_retries: int = 3
+    retry_backoff: float = 2.0  # seconds before the first retry; doubles each time
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    soft_time_limit: int | None = None
+    time_limit: int | None = None
+    catch_up: CatchUp = "skip"
+
+    def __post_init__(self) -> None:
+        if self.overlap not in OVERLAP_CHOICES:
+            raise ValueError(f"overlap must be one of {OVERLAP_CHOICES}, not {self.overlap!r}")
+        if self.catch_up not in CATCH_UP_CHOICES:
+            raise ValueError(f"catch_up must be one of {CATCH_UP_CHOICES}, not {self.catch_up!r}")
+        if self.lock_ttl < 3:
+            raise ValueError(f"lock_ttl must be at least 3 seconds, not {self.lock_ttl}")
+        if self.soft_time_limit and self.time_limit and self.soft_time_limit >= self.time_limit:
+            raise ValueError("soft_time_limit must be below time_limit, so the task can tidy up")
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> RunPolicy:
+        """This policy with a schedule's overrides. A hard limit set below the inherited
+        soft limit brings the soft limit down to 90 % of it, so the task can still tidy up."""
+        known = {f.name for f in fields(self)}
+        changes = {k: v for k, v in (overrides or {}).items() if k in known and v is not None}
+        hard, soft = changes.get("time_limit"), changes.get("soft_time_limit", self.soft_time_limit)
+        if hard and "soft_time_limit" not in changes and soft and soft >= hard:
+            changes["soft_time_limit"] = max(1, int(hard * 0.9)) if hard > 1 else None
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,153 @@
+"""`PlatformTask`: the one base class that applies a run's policy on the worker.
+
+- the run context (trigger, schedule, scheduled-for time, attempt and earlier attempts)
+  travels in the `beatkeeper` message header and is stored with every state write
+  through `request.meta` (TaskResult.meta);
+- overlap `skip` / `wait` through the schedule's renewed Redis lock;
+- retries with exponential backoff, jitter and a cap, keeping the run's identity;
+- a result that is not JSON-serialisable fails the run with a clear error;
+- `report_progress(percent, message)` makes a PROGRESS state visible while it runs.
+Time limits and expiry are Celery's own, set per message from the policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Task, current_task
+from celery.exceptions import Ignore, Retry
+from django.db import OperationalError
+from django.utils import timezone
+from kombu.utils.json import dumps as json_dumps
+
+from scheduler_app import locks, states
+from scheduler_app.history import HEADER
+from scheduler_app.policy import RunPolicy
+
+logger = logging.getLogger(__name__)
+WAIT_POLL_SECONDS = 2.0
+PROGRESS_MIN_INTERVAL = 0.5  # seconds between two progress writes of one run
+
+# Failures worth another attempt: the database or broker was briefly unavailable.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, ConnectionError, TimeoutError)
+
+
+class ResultNotSerializable(TypeError):
+    pass
+
+
+class PlatformTask(Task):  # type: ignore[misc]
+    policy: RunPolicy = RunPolicy()
+    retry_for: tuple[type[BaseException], ...] = TRANSIENT_ERRORS
+
+    def run_header(self) -> dict[str, Any]:
+        header = getattr(self.request, HEADER, None) or (self.request.headers or {}).get(HEADER)
+        return dict(header or {})
+
+    def effective_policy(self) -> RunPolicy:
+        return self.policy.with_overrides(self.run_header().get("policy"))
+
+    def lock_scope(self) -> str:
+        return self.run_header().get("schedule") or getattr(self.request, "periodic_task_name", None) or self.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.request.id or self.request.is_eager:
+            return super().__call__(*args, **kwargs)  # called directly or eagerly: just run it
+        policy = self.effective_policy()
+        with self._overlap_guard(policy) as guard:
+            try:
+                result = super().__call__(*args, **kwargs)
+            except self.retry_for as exc:
+                raise self._retry_later(policy, exc, guard) from exc
+        ensure_serializable(self.name, result)
+        return result
+
+    @contextmanager
+    def _overlap_guard(self, policy: RunPolicy) -> Iterator[locks.OverlapLock | None]:
+        if policy.overlap == "allow":
+            yield None
+            return
+        lock = locks.OverlapLock(self.lock_scope(), self.request.id, policy.lock_ttl)
+        if not lock.acquire():
+            self._not_now(policy, lock)
+        locks.leave_waiting_slot(lock.scope, self.request.id, lock.client)
+        kept = False
+        try:
+            yield lock
+        except Retry:
+            kept = True
+            raise
+        finally:
+            if not kept:
+                lock.release()
+
+    def _not_now(self, policy: RunPolicy, lock: locks.OverlapLock) -> None:
+        holder = lock.holder()
+        if policy.overlap == "wait" and locks.claim_waiting_slot(lock.scope, self.request.id, policy.lock_ttl * 2):
+            self._mark(states.WAITING, {"reason": "waiting for the previous run to finish", "holder": holder})
+            self._requeue(countdown=WAIT_POLL_SECONDS)
+        else:
+            reason = "the previous run still holds the lock" if policy.overlap == "skip" else "a run already waits"
+            self._mark(states.SKIPPED, {"reason": reason, "holder": holder})
+        raise Ignore()
+
+    def _mark(self, state: str, result: dict[str, Any]) -> None:
+        self.update_state(state=state, meta={**result, "at": timezone.now().isoformat()})
+
+    def _requeue(self, countdown: float) -> None:
+        options = self.request.as_execution_options()
+        options.pop("retries", None)
+        self.apply_async(self.request.args, self.request.kwargs, countdown=countdown, **options)
+
+    def _retry_later(self, policy: RunPolicy, exc: BaseException, lock: locks.OverlapLock | None) -> BaseException:
+        retries = self.request.retries
+        if retries >= policy.max_retries:
+            return exc
+        countdown = backoff(policy, retries)
+        if lock is not None:
+            lock.keep_for(countdown)  # the retry is the same run: it keeps the schedule's lock
+        logger.warning("%s attempt %d failed (%r); retrying in %.1fs", self.name, retries + 1, exc, countdown)
+        return self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries)
+
+
+def backoff(policy: RunPolicy, retries: int) -> float:
+    """Seconds before retry number `retries + 1`: doubling from retry_backoff, capped, and
+    with jitter drawn from the upper half so that failed runs do not retry in step."""
+    delay = min(policy.retry_backoff_max, policy.retry_backoff * 2**retries)
+    return random.uniform(delay / 2, delay) if policy.retry_jitter else delay  # noqa: S311
+
+
+def ensure_serializable(task_name: str, result: Any) -> None:
+    try:
+        json_dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise ResultNotSerializable(
+            f"{task_name} returned a {type(result).__name__}, which cannot be stored as JSON ({exc}). "
+            "Return a dict of plain values (str, int, float, bool, None, lists and dicts of them)."
+        ) from None
+
+
+_last_progress: dict[str, float] = {}
+
+
+def report_progress(percent: float, message: str = "", *, force: bool = False) -> bool:
+    """Record `{percent, message}` as the running task's PROGRESS state.
+
+    Writes at most every PROGRESS_MIN_INTERVAL seconds per run (unless `force`), so a
+    tight loop may call it freely. Returns whether it wrote. Outside a worker it does nothing.
+    """
+    task = current_task._get_current_object()  # the proxy itself is never None
+    if task is None or not task.request.id or task.request.is_eager:
+        return False
+    now = time.monotonic()
+    if not force and now - _last_progress.get(task.request.id, 0.0) < PROGRESS_MIN_INTERVAL:
+        return False
+    _last_progress[task.request.id] = now
+    percent = max(0.0, min(100.0, float(percent)))
+    task.update_state(state=states.PROGRESS, meta={"percent": percent, "message": str(message)})
+    return True

@@ -1,0 +1,66 @@
+"""Platform tasks used by the runtime tests; a test worker loads them with --include.
+
+Each records what happened in Redis under a key the test chooses, so a test can count
+executions from outside the worker. `time.sleep` here is the work being done, not a wait.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from scheduler_app.catalog import platform_task
+from scheduler_app.connection import redis_client
+from scheduler_app.runtime import report_progress
+
+
+@platform_task(name="tests.sleeper", overlap="skip", lock_ttl=6)
+def sleeper(key: str, seconds: float = 1.0, steps: int = 10) -> dict[str, Any]:
+    redis_client().incr(f"{key}:runs")
+    for step in range(steps):
+        report_progress(100 * step / steps, f"step {step + 1} of {steps}", force=True)
+        time.sleep(seconds / steps)
+    return {"slept": seconds}
+
+
+@platform_task(name="tests.flaky", max_retries=3, retry_backoff=0.5, retry_jitter=False)
+def flaky(key: str, failures: int) -> dict[str, Any]:
+    attempt = redis_client().incr(f"{key}:runs")
+    if attempt <= failures:
+        raise ConnectionError(f"attempt {attempt} failed")
+    return {"attempts": attempt}
+
+
+@platform_task(name="tests.soft_limited", overlap="skip", soft_time_limit=1, time_limit=10)
+def soft_limited(key: str) -> dict[str, Any]:
+    try:
+        time.sleep(9)
+    except SoftTimeLimitExceeded:
+        redis_client().set(f"{key}:tidied", "yes")
+        raise
+    return {}
+
+
+@platform_task(name="tests.hard_limited", time_limit=1)
+def hard_limited(key: str) -> dict[str, Any]:
+    redis_client().incr(f"{key}:runs")
+    time.sleep(30)
+    return {}
+
+
+@platform_task(name="tests.raises", overlap="skip")
+def raises(key: str) -> None:
+    raise ValueError(f"bad input for {key}")
+
+
+@platform_task(name="tests.unserializable", overlap="skip")
+def unserializable(key: str) -> object:
+    return object()
+
+
+@platform_task(name="tests.record")
+def record(key: str, label: str) -> dict[str, Any]:
+    redis_client().rpush(f"{key}:order", label)
+    return {"label": label}

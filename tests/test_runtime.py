@@ -1,0 +1,247 @@
+"""The execution policy on real workers: overlap, lock renewal and expiry, retries, time
+limits, progress, failures, redelivery after SIGKILL, no duplicate of live runs, expiry,
+priority. Real `celery worker` processes, the real broker, real signals."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import current_app
+from celery.result import AsyncResult
+from django_celery_results.models import TaskResult
+
+from scheduler_app import locks
+from scheduler_app.connection import redis_client
+from scheduler_app.history import run_context
+from tests.processes import Process, wait_for, worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+TASKS = ("--include", "tests.tasks")
+FINAL = ("SUCCESS", "FAILURE", "SKIPPED", "EXPIRED")
+
+
+@pytest.fixture
+def key() -> Iterator[str]:
+    """A fresh name for a test's Redis counters and its schedule's lock."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis_client()
+    for stale in client.scan_iter(match=f"*{name}*"):
+        client.delete(stale)
+
+
+def send(task: str, key: str, *, policy: dict[str, Any] | None = None, **options: Any) -> str:
+    header = {"schedule": key, "trigger": "api", "policy": policy or {}}
+    kwargs = options.pop("kwargs", {})
+    result = current_app.send_task(task, kwargs={"key": key, **kwargs}, headers={"beatkeeper": header}, **options)
+    return str(result.id)
+
+
+def row(task_id: str) -> TaskResult | None:
+    return TaskResult.objects.filter(task_id=task_id).first()
+
+
+def final(task_id: str, timeout: float = 60) -> TaskResult:
+    return wait_for(lambda: (r := row(task_id)) and r.status in FINAL and r, timeout, f"run {task_id} to finish")
+
+
+def running(task_id: str, percent: float = 0, timeout: float = 60) -> TaskResult:
+    def progressed() -> TaskResult | None:
+        r = row(task_id)
+        if r and r.status == "PROGRESS" and json.loads(r.result)["percent"] >= percent:
+            return r
+        return None
+
+    return wait_for(progressed, timeout, f"run {task_id} to pass {percent}%")
+
+
+def runs(key: str) -> int:
+    return int(redis_client().get(f"{key}:runs") or 0)
+
+
+def kill(proc: Process) -> None:
+    """SIGKILL the whole worker: its main process and its pool."""
+    import os
+
+    os.killpg(proc.proc.pid, signal.SIGKILL)
+    proc.proc.wait()
+
+
+# --- overlap ---------------------------------------------------------------------------
+
+
+def test_it_skips_a_run_while_the_previous_one_holds_the_lock(tmp_path: Path, key: str) -> None:
+    with worker(tmp_path, *TASKS), worker(tmp_path, *TASKS):
+        first = send("tests.sleeper", key, kwargs={"seconds": 3})
+        running(first)
+        second = send("tests.sleeper", key)
+        skipped = final(second)
+        assert skipped.status == "SKIPPED"
+        assert json.loads(skipped.result)["reason"] == "the previous run still holds the lock"
+        assert json.loads(skipped.result)["holder"] == first
+        assert final(first).status == "SUCCESS"
+    assert runs(key) == 1
+    assert redis_client().get(locks.lock_key(key)) is None  # released at the end of the run
+
+
+def test_it_queues_at_most_one_run_behind_the_running_one(tmp_path: Path, key: str) -> None:
+    wait = {"overlap": "wait"}
+    with worker(tmp_path, *TASKS), worker(tmp_path, *TASKS):
+        first = send("tests.sleeper", key, policy=wait, kwargs={"seconds": 3})
+        running(first)
+        second = send("tests.sleeper", key, policy=wait, kwargs={"seconds": 0.5})
+        wait_for(lambda: (r := row(second)) and r.status == "WAITING", 30, "the second run to wait")
+        third = send("tests.sleeper", key, policy=wait)
+        assert final(third).status == "SKIPPED"
+        assert json.loads(row(third).result)["reason"] == "a run already waits"
+        done_first, done_second = final(first), final(second)
+    assert (done_first.status, done_second.status) == ("SUCCESS", "SUCCESS")
+    assert done_second.date_started >= done_first.date_done
+    assert runs(key) == 2
+
+
+def test_it_renews_the_lock_while_a_run_outlives_its_ttl(tmp_path: Path, key: str) -> None:
+    with worker(tmp_path, *TASKS), worker(tmp_path, *TASKS):
+        first = send("tests.sleeper", key, policy={"lock_ttl": 3}, kwargs={"seconds": 8})
+        running(first, percent=70)  # more than two TTLs in
+        assert 0 < redis_client().pttl(locks.lock_key(key)) <= 3000
+        assert final(send("tests.sleeper", key)).status == "SKIPPED"
+        assert final(first).status == "SUCCESS"
+
+
+def test_it_lets_the_lock_of_a_killed_worker_expire(tmp_path: Path, key: str) -> None:
+    with worker(tmp_path, *TASKS) as doomed:
+        running(send("tests.sleeper", key, policy={"lock_ttl": 3}, kwargs={"seconds": 60}))
+        kill(doomed)
+    wait_for(lambda: redis_client().get(locks.lock_key(key)) is None, 10, "the dead worker's lock to expire")
+    with worker(tmp_path, *TASKS):
+        assert final(send("tests.sleeper", key, kwargs={"seconds": 0.2})).status == "SUCCESS"
+
+
+# --- retries, time limits, failures, progress -------------------------------------------
+
+
+def test_it_retries_with_backoff_and_keeps_the_runs_identity(tmp_path: Path, key: str) -> None:
+    with worker(tmp_path, *TASKS):
+        task_id = send("tests.flaky", key, kwargs={"failures": 2})
+        done = final(task_id)
+    assert done.status == "SUCCESS" and json.loads(done.result) == {"attempts": 3}
+    context = run_context(done)
+    assert context["attempt"] == 3
+    assert [a["state"] for a in context["attempts"]] == ["RETRY", "RETRY"]
+    assert [a["error"] for a in context["attempts"]] == [
+        "ConnectionError: attempt 1 failed",
+        "ConnectionError: attempt 2 failed",
+    ]
+    starts = [dt.datetime.fromisoformat(a["started"]) for a in context["attempts"]] + [done.date_started]
+    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    assert gaps[0] >= 0.5 and gaps[1] >= 1.0  # 0.5 s, then doubled
+
+
+def test_it_gives_up_after_max_retries_with_the_last_error(tmp_path: Path, key: str) -> None:
+    with worker(tmp_path, *TASKS):
+        done = final(send("tests.flaky", key, policy={"max_retries": 1, "retry_backoff": 0.1}, kwargs={"failures": 5}))
+    assert done.status == "FAILURE"
+    assert "attempt 2 failed" in done.traceback
+    assert runs(key) == 2
+
+
+def test_it_stops_a_run_at_its_soft_time_limit_so_it_can_tidy_up(tmp_path: Path, key: str) -> None:
+    with worker(tmp_path, *TASKS):
+        done = final(send("tests.soft_limited", key))
+    assert done.status == "FAILURE"
+    assert "SoftTimeLimitExceeded" in done.traceback
+    assert redis_client().get(f"{key}:tidied") == b"yes"
+    assert redis_client().get(locks.lock_key(key)) is None
+
+
+def test_it_kills_a_run_at_its_hard_time_limit_and_the_worker_goes_on(tmp_path: Path, key: str) -> None:
+    with worker(tmp_path, *TASKS):
+        done = final(send("tests.hard_limited", key))
+        assert done.status == "FAILURE"
+        assert "TimeLimitExceeded" in done.result
+        assert final(send("tests.sleeper", key, kwargs={"seconds": 0.1})).status == "SUCCESS"
+    assert runs(key) == 2  # the killed run was not redelivered
+
+
+@pytest.mark.parametrize(
+    ("task", "error"),
+    [("tests.raises", "ValueError: bad input for"), ("tests.unserializable", "which cannot be stored as JSON")],
+)
+def test_it_records_a_failing_run_releases_its_lock_and_keeps_the_worker(
+    tmp_path: Path, key: str, task: str, error: str
+) -> None:
+    with worker(tmp_path, *TASKS):
+        done = final(send(task, key))
+        assert done.status == "FAILURE"
+        assert error in done.traceback
+        assert redis_client().get(locks.lock_key(key)) is None
+        assert final(send("tests.sleeper", key, kwargs={"seconds": 0.1})).status == "SUCCESS"
+
+
+def test_it_shows_progress_to_another_process_while_the_run_goes_on(tmp_path: Path, key: str) -> None:
+    with worker(tmp_path, *TASKS):
+        task_id = send("tests.sleeper", key, kwargs={"seconds": 3})
+        seen = running(task_id, percent=30)
+        progress = json.loads(seen.result)
+        assert progress["message"].startswith("step ") and 30 <= progress["percent"] < 100
+        assert AsyncResult(task_id).state == "PROGRESS"
+        assert final(task_id).status == "SUCCESS"
+
+
+# --- reliability ----------------------------------------------------------------------
+
+
+def test_it_redelivers_the_run_of_a_sigkilled_worker_and_shows_both_attempts(tmp_path: Path, key: str) -> None:
+    fast = {"CELERY_VISIBILITY_TIMEOUT": "5"}
+    with worker(tmp_path, *TASKS, **fast) as doomed:
+        task_id = send("tests.sleeper", key, kwargs={"seconds": 4})
+        running(task_id)
+        kill(doomed)
+    with worker(tmp_path, *TASKS, **fast):
+        done = final(task_id, timeout=60)
+    assert done.status == "SUCCESS"
+    context = run_context(done)
+    assert context["attempt"] == 2
+    assert [a["state"] for a in context["attempts"]] == ["INTERRUPTED"]
+    assert runs(key) == 2
+
+
+def test_it_never_delivers_a_live_long_run_twice(tmp_path: Path, key: str) -> None:
+    fast = {"CELERY_VISIBILITY_TIMEOUT": "5"}
+    with worker(tmp_path, *TASKS, **fast), worker(tmp_path, *TASKS, **fast):
+        long_run = send("tests.sleeper", key, policy={"overlap": "allow"}, kwargs={"seconds": 14})
+        far_eta = send("tests.record", key, kwargs={"label": "eta"}, countdown=12)
+        assert final(long_run, timeout=90).status == "SUCCESS"
+        assert final(far_eta, timeout=90).status == "SUCCESS"
+    assert runs(key) == 1
+    assert redis_client().lrange(f"{key}:order", 0, -1) == [b"eta"]
+
+
+def test_it_records_a_run_not_started_before_its_expiry_as_expired(tmp_path: Path, key: str) -> None:
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    task_id = send("tests.record", key, kwargs={"label": "late"}, expires=expires)
+    wait_for(lambda: dt.datetime.now(dt.UTC) > expires, 5, "the expiry time to pass")  # no worker until then
+    with worker(tmp_path, *TASKS):
+        done = final(task_id)
+    assert done.status == "EXPIRED"
+    assert json.loads(done.result)["reason"] == "not started before it expired"
+    assert redis_client().llen(f"{key}:order") == 0
+
+
+def test_it_lets_a_high_priority_run_overtake_a_backlog(tmp_path: Path, key: str) -> None:
+    blocker = send("tests.sleeper", key, kwargs={"seconds": 2})
+    backlog = [send("tests.record", key, kwargs={"label": f"low-{n}"}, priority=9) for n in range(8)]
+    urgent = send("tests.record", key, kwargs={"label": "urgent"}, priority=0)
+    with worker(tmp_path, *TASKS, concurrency=1):
+        for task_id in [blocker, urgent, *backlog]:
+            final(task_id)
+    order = [label.decode() for label in redis_client().lrange(f"{key}:order", 0, -1)]
+    assert order.index("urgent") == 0, order
