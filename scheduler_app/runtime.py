@@ -100,9 +100,8 @@ class PlatformTask(Task):  # type: ignore[misc]
         self.update_state(state=state, meta={**result, "at": timezone.now().isoformat()})
 
     def _requeue(self, countdown: float) -> None:
-        options = self.request.as_execution_options()
-        options.pop("retries", None)
-        self.apply_async(self.request.args, self.request.kwargs, countdown=countdown, **options)
+        """Send this run again, as `retry` would (same id, headers, queue, priority)."""
+        self.signature_from_request(self.request).apply_async(countdown=countdown)
 
     def _retry_later(self, policy: RunPolicy, exc: BaseException, lock: locks.OverlapLock | None) -> BaseException:
         retries = self.request.retries
