@@ -45,6 +45,7 @@ ANALYZE django_celery_results_taskresult;
 def contender(name: str) -> dict[str, Any]:
     import datetime as dt
 
+    from django.conf import settings
     from django.db import connection
     from django_celery_results.models import TaskResult
 
@@ -65,7 +66,8 @@ def contender(name: str) -> dict[str, Any]:
         if name == "stock":
             TaskResult.objects.delete_expired(dt.timedelta(hours=24))
         else:
-            cleanup_old_runs(dt.timedelta(hours=24), keep_last=0, batch_size=5000)
+            # as the hourly task runs it: keeping the newest runs of each of the 50 schedules
+            cleanup_old_runs(dt.timedelta(hours=24), keep_last=settings.RUN_RETENTION_KEEP_LAST, batch_size=5000)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {

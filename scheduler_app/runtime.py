@@ -12,6 +12,7 @@ Time limits and expiry are Celery's own, set per message from the policy.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import time
@@ -59,11 +60,11 @@ class PlatformTask(Task):  # type: ignore[misc]
         if not self.request.id or self.request.is_eager:
             return super().__call__(*args, **kwargs)  # called directly or eagerly: just run it
         policy = self.effective_policy()
-        with self._overlap_guard(policy) as guard:
+        with self._overlap_guard(policy):
             try:
                 result = super().__call__(*args, **kwargs)
             except self.retry_for as exc:
-                raise self._retry_later(policy, exc, guard) from exc
+                raise self._retry_later(policy, exc) from exc
         ensure_serializable(self.name, result)
         return result
 
@@ -76,15 +77,15 @@ class PlatformTask(Task):  # type: ignore[misc]
         if not lock.acquire():
             self._not_now(policy, lock)
         locks.leave_waiting_slot(lock.scope, self.request.id, lock.client)
-        kept = False
         try:
             yield lock
-        except Retry:
-            kept = True
+        except Retry as retry:  # ours or the task's own self.retry(): the same run comes back
+            lock.keep_for(seconds_until(retry.when))
             raise
-        finally:
-            if not kept:
-                lock.release()
+        except BaseException:
+            lock.release()
+            raise
+        lock.release()
 
     def _not_now(self, policy: RunPolicy, lock: locks.OverlapLock) -> None:
         holder = lock.holder()
@@ -103,13 +104,11 @@ class PlatformTask(Task):  # type: ignore[misc]
         """Send this run again, as `retry` would (same id, headers, queue, priority)."""
         self.signature_from_request(self.request).apply_async(countdown=countdown)
 
-    def _retry_later(self, policy: RunPolicy, exc: BaseException, lock: locks.OverlapLock | None) -> BaseException:
+    def _retry_later(self, policy: RunPolicy, exc: BaseException) -> BaseException:
         retries = self.request.retries
         if retries >= policy.max_retries:
             return exc
         countdown = backoff(policy, retries)
-        if lock is not None:
-            lock.keep_for(countdown)  # the retry is the same run: it keeps the schedule's lock
         logger.warning("%s attempt %d failed (%r); retrying in %.1fs", self.name, retries + 1, exc, countdown)
         return self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries)
 
@@ -119,6 +118,13 @@ def backoff(policy: RunPolicy, retries: int) -> float:
     with jitter drawn from the upper half so that failed runs do not retry in step."""
     delay = min(policy.retry_backoff_max, policy.retry_backoff * 2**retries)
     return random.uniform(delay / 2, delay) if policy.retry_jitter else delay  # noqa: S311
+
+
+def seconds_until(when: float | int | dt.datetime | None) -> float:
+    """A retry's delay: Celery's `Retry.when` is a countdown in seconds or an ETA."""
+    if isinstance(when, dt.datetime):
+        return max(0.0, (when - timezone.now()).total_seconds())
+    return float(when or 0)
 
 
 def ensure_serializable(task_name: str, result: Any) -> None:

@@ -145,6 +145,18 @@ def test_it_retries_with_backoff_and_keeps_the_runs_identity(tmp_path: Path, key
     assert gaps[0] >= 0.5 and gaps[1] >= 1.0  # 0.5 s, then doubled
 
 
+def test_a_retrying_run_keeps_its_lock_between_attempts_and_releases_it_once(tmp_path: Path, key: str) -> None:
+    policy = {"overlap": "skip", "lock_ttl": 3, "retry_backoff": 2, "retry_jitter": False}
+    with worker(tmp_path, *TASKS) as proc:
+        first = send("tests.flaky", key, policy=policy, kwargs={"failures": 1})
+        wait_for(lambda: runs(key) >= 1, 30, "the first attempt")
+        second = send("tests.flaky", key, policy=policy, kwargs={"failures": 0})
+        assert final(second).status == "SKIPPED"  # the retry gap still belongs to the first run
+        assert final(first).status == "SUCCESS"
+        wait_for(lambda: redis_client().get(locks.lock_key(key)) is None, 10, "the lock to be released")
+    assert "was lost" not in proc.output  # no renewer outlived the attempt that started it
+
+
 def test_it_gives_up_after_max_retries_with_the_last_error(tmp_path: Path, key: str) -> None:
     with worker(tmp_path, *TASKS):
         done = final(send("tests.flaky", key, policy={"max_retries": 1, "retry_backoff": 0.1}, kwargs={"failures": 5}))
