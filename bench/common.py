@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+SUFFIX = "_beatkeeper_bench"
 
 
 def bench_database_url() -> str:
@@ -19,7 +20,7 @@ def bench_database_url() -> str:
     if not url:
         return f"sqlite:///{ROOT / 'var' / 'bench' / 'bench.sqlite3'}"
     parts = urlsplit(url)
-    name = parts.path.lstrip("/") + "_beatkeeper_bench"
+    name = parts.path.lstrip("/").removesuffix(SUFFIX) + SUFFIX  # a child process is given it already
     import psycopg
 
     admin = urlunsplit(parts._replace(scheme="postgresql"))

@@ -10,5 +10,5 @@ class SchedulerAppConfig(AppConfig):
 
     def ready(self) -> None:
         # Signal handlers: run context and expiry (history), the unacked-message heartbeat,
-        # the start-up health check.
-        from scheduler_app import heartbeat, history, startup  # noqa: F401
+        # the start-up health check, the schedule change log beat reloads from.
+        from scheduler_app import changes, heartbeat, history, startup  # noqa: F401

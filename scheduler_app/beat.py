@@ -1,104 +1,578 @@
-"""Beat: where beat decides what is due and what a dispatch carries.
+"""Beat: where beat decides what is due, sends it, and keeps up with the database.
 
-`Scheduler` is django-celery-beat's `DatabaseScheduler` with the platform's entry:
-- every dispatch carries the `beatkeeper` header: trigger `beat`, the schedule, the
-  slot it was scheduled for, and the schedule's policy overrides (overlap, retries,
-  lock TTL, ...), so the worker applies them without reading the database;
-- per-schedule soft and hard time limits go on the message, where Celery enforces them;
-- catch-up: a slot found due more than BEAT_CATCH_UP_GRACE_SECONDS late (beat was down,
-  or the schedule was just re-enabled) runs once now under `once`, and is skipped under
-  `skip` (the default, as cron does); never a burst of missed slots.
+`Scheduler` keeps django-celery-beat's `DatabaseScheduler` contract (interval, crontab
+with its zone, solar, clocked, `one_off`, `start_time`, `expires`, enable/disable, edits
+and deletes picked up, `last_run_at` persisted) but not its costs:
+
+- entries are lean (columns read with `values_list`, arguments decoded only when sent),
+  and schedule objects are shared between the entries that use the same row;
+- a heap of next-due times: a tick looks at the top only, and sends every due entry;
+- edits are read from the change log (`scheduler_app.changes`): only changed rows are
+  reloaded; a bulk update that wrote no log (django-celery-beat's admin actions) is
+  answered with a full reload;
+- `last_run_at` is written in batches, once a second, with one statement per 500 rows.
+
+Dispatch and failover: only the holder of the Redis lease sends (`scheduler_app.leader`),
+and every send is first claimed, under the fencing check, as (schedule, slot): a slot is
+sent once however many beats run, restart or take over. `last_run_at` is the slot sent
+(not the moment of sending), so interval schedules do not drift and every beat computes
+the same slots.
+
+Catch-up: a slot found more than BEAT_CATCH_UP_GRACE_SECONDS late (beat was down, or the
+schedule was re-enabled) is skipped under `skip` (the default, as cron does) or sent once
+under `once`; a schedule is sent at most once per tick, with the slots it missed folded
+into that one send, so an outage never ends in a burst.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import heapq
+import itertools
 import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from celery import current_app
-from celery.beat import ScheduleEntry
+import redis
 from celery.schedules import schedstate
-from celery.utils.time import maybe_make_aware
 from django.conf import settings
-from django.db.models import QuerySet
-from django_celery_beat.models import PeriodicTask
+from django.db import DatabaseError, InterfaceError, close_old_connections
+from django.db.models import Count, F, Q, Sum
+from django.utils import timezone
+from django_celery_beat.models import (
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    PeriodicTasks,
+    SolarSchedule,
+)
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
+from kombu.utils.json import loads
 
+from scheduler_app import leader, slots
 from scheduler_app.history import HEADER
-from scheduler_app.models import SchedulePolicy
+from scheduler_app.models import POLICY_FIELDS, ScheduleChange
 from scheduler_app.policy import RunPolicy
 
 logger = logging.getLogger(__name__)
+UTC = dt.UTC
+SHARED_MODELS = {
+    "interval": IntervalSchedule,
+    "crontab": CrontabSchedule,
+    "solar": SolarSchedule,
+    "clocked": ClockedSchedule,
+}
+ROW_FIELDS = (
+    "id", "name", "task", "args", "kwargs", "queue", "exchange", "routing_key", "priority",
+    "expire_seconds", "expires", "headers", "one_off", "start_time", "last_run_at", "total_run_count",
+    "date_changed", "interval_id", "crontab_id", "solar_id", "clocked_id",
+    *(f"policy__{name}" for name in POLICY_FIELDS),
+)  # fmt: skip
+GAP_PATIENCE = 30.0  # seconds a missing change-log id may still turn up (a transaction not yet committed)
 
 
-def task_policy(task_name: str) -> RunPolicy:
-    task = current_app.tasks.get(task_name)
+def task_policy(app: Any, task_name: str) -> RunPolicy:
+    task = app.tasks.get(task_name)
     return getattr(task, "policy", None) or RunPolicy()
 
 
-def policy_overrides(model: PeriodicTask) -> dict[str, Any]:
-    try:
-        return model.policy.overrides()
-    except SchedulePolicy.DoesNotExist:
-        return {}
+@dataclass(eq=False)
+class Entry:
+    """One enabled schedule, as beat holds it (the shape of Celery's ScheduleEntry, lean)."""
 
+    pk: int
+    name: str
+    task: str
+    table_key: tuple[str, int]
+    raw_args: str
+    raw_kwargs: str
+    options: dict[str, Any]
+    overrides: dict[str, Any]
+    policy: RunPolicy
+    one_off: bool
+    start_time: dt.datetime | None
+    expires: dt.datetime | None
+    last_run_at: dt.datetime | None
+    total_run_count: int
+    date_changed: dt.datetime
+    next_slot: dt.datetime | None = None
+    version: int = 0
+    app: Any = field(default=None, repr=False)
 
-class PlatformEntry(ModelEntry):  # type: ignore[misc]
-    def __init__(self, model: PeriodicTask, app: Any = None) -> None:
-        super().__init__(model, app)
-        self.overrides = policy_overrides(model)
-        try:
-            self.policy = task_policy(self.task).with_overrides(self.overrides)
-        except ValueError as exc:  # a bad row never stops beat: the task's own policy applies
-            logger.error("ignoring the policy of schedule %s: %s; fix it in the admin", self.name, exc)
-            self.overrides, self.policy = {}, task_policy(self.task)
-        if "soft_time_limit" in self.overrides or "time_limit" in self.overrides:
-            self.options["soft_time_limit"] = self.policy.soft_time_limit
-            self.options["time_limit"] = self.policy.time_limit
+    @property
+    def args(self) -> list[Any]:
+        return list(loads(self.raw_args or "[]"))
 
-    def scheduled_for(self) -> dt.datetime:
-        """The slot this entry is (or next will be) due for."""
-        now = self._default_now()
-        last = maybe_make_aware(self.last_run_at).astimezone(self.app.timezone)
-        return now + self.schedule.remaining_estimate(last)
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(loads(self.raw_kwargs or "{}"))
+
+    @property
+    def schedule(self) -> Any:
+        return self.table_key
 
     def is_due(self) -> schedstate:
-        due, next_check = super().is_due()
-        if not due or self.policy.catch_up == "once":
-            return schedstate(due, next_check)
-        late = (self._default_now() - self.scheduled_for()).total_seconds()
-        if late <= settings.BEAT_CATCH_UP_GRACE_SECONDS:
-            return schedstate(due, next_check)
-        logger.info("skipping the missed slot of %s (%.0fs late; catch-up is 'skip')", self.name, late)
-        self._skip_to_now()
-        return schedstate(False, max(0.0, self.schedule.remaining_estimate(self.last_run_at).total_seconds()))
+        if self.next_slot is None:
+            return schedstate(False, None)
+        remaining = (self.next_slot - timezone.now()).total_seconds()
+        return schedstate(remaining <= 0, max(remaining, 0.0))
 
-    def _skip_to_now(self) -> None:
-        self.last_run_at = self.model.last_run_at = self._default_now()
-        PeriodicTask.objects.filter(pk=self.model.pk).update(last_run_at=self.last_run_at)
+    def header(self, slot: dt.datetime) -> dict[str, Any]:
+        return {"trigger": "beat", "schedule": self.name, "scheduled_for": slot.isoformat(), "policy": self.overrides}
 
-    def dispatch_header(self, scheduled_for: dt.datetime) -> dict[str, Any]:
-        return {
-            "trigger": "beat",
-            "schedule": self.name,
-            "scheduled_for": scheduled_for.isoformat(),
-            "policy": self.overrides,
-        }
+    def message_options(self, slot: dt.datetime) -> dict[str, Any]:
+        options = dict(self.options)
+        options["headers"] = {**options.get("headers", {}), HEADER: self.header(slot)}
+        return options
+
+
+def entry_from_row(row: tuple[Any, ...], app: Any) -> Entry:
+    values = dict(zip(ROW_FIELDS, row, strict=True))
+    overrides = {name: values[f"policy__{name}"] for name in POLICY_FIELDS}
+    overrides = {name: value for name, value in overrides.items() if value not in (None, "")}
+    base = task_policy(app, values["task"])
+    try:
+        policy = base.with_overrides(overrides)
+    except ValueError as exc:  # a bad row never stops beat: the task's own policy applies
+        logger.error("ignoring the policy of schedule %s: %s; fix it in the admin", values["name"], exc)
+        overrides, policy = {}, base
+    return Entry(
+        pk=values["id"],
+        name=values["name"],
+        task=values["task"],
+        table_key=table_key(values),
+        raw_args=values["args"],
+        raw_kwargs=values["kwargs"],
+        options=message_options(values, overrides, policy),
+        overrides=overrides,
+        policy=policy,
+        one_off=values["one_off"],
+        start_time=values["start_time"],
+        expires=values["expires"],
+        last_run_at=values["last_run_at"],
+        total_run_count=values["total_run_count"],
+        date_changed=values["date_changed"],
+        app=app,
+    )
+
+
+def table_key(values: dict[str, Any]) -> tuple[str, int]:
+    for kind in ("interval", "crontab", "solar", "clocked"):
+        if values[f"{kind}_id"] is not None:
+            return kind, values[f"{kind}_id"]
+    raise slots.InvalidSchedule(f"schedule {values['name']!r} has no interval, crontab, solar or clocked")
+
+
+def message_options(values: dict[str, Any], overrides: dict[str, Any], policy: RunPolicy) -> dict[str, Any]:
+    """What django-celery-beat's ModelEntry puts on the message, plus the policy's limits."""
+    options = {key: values[key] for key in ("queue", "exchange", "routing_key", "priority") if values[key] is not None}
+    if values["expires"] or values["expire_seconds"]:
+        options["expires"] = values["expires"] or values["expire_seconds"]
+    options["headers"] = {**loads(values["headers"] or "{}"), "periodic_task_name": values["name"]}
+    if "soft_time_limit" in overrides or "time_limit" in overrides:
+        options["soft_time_limit"], options["time_limit"] = policy.soft_time_limit, policy.time_limit
+    return options
+
+
+@dataclass
+class Send:
+    entry: Entry
+    slot: dt.datetime
 
 
 class Scheduler(DatabaseScheduler):  # type: ignore[misc]
-    Entry = PlatformEntry
+    Entry = ModelEntry  # used by django-celery-beat's update_from_dict for conf.beat_schedule
 
-    def enabled_models_qs(self) -> QuerySet[PeriodicTask]:
-        related = ("policy", "interval", "crontab", "solar", "clocked")
-        return super().enabled_models_qs().select_related(*related)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._entries: dict[int, Entry] = {}
+        self._tables: dict[tuple[str, int], slots.Timetable] = {}
+        self._users: dict[tuple[str, int], set[int]] = {}  # table key -> pks of the entries using it
+        self._due: list[tuple[float, int, int, int]] = []  # a heap of (due epoch, seq, pk, version)
+        self._seq = itertools.count()
+        self._writes: dict[int, tuple[dt.datetime, int]] = {}  # pk -> (last_run_at, runs to add)
+        self._disable: set[int] = set()
+        self._unsent: list[Send] = []
+        self._change_id = 0
+        self._gaps: dict[int, float] = {}
+        self._changes_ts: dt.datetime | None = None
+        self._invalid: set[int] = set()  # enabled rows that cannot run (logged once per change)
+        self._next_housekeeping = 0.0
+        self._last_flush = time.monotonic()
+        self._lag = 0.0
+        self._sent = 0
+        self.grace = float(settings.BEAT_CATCH_UP_GRACE_SECONDS)
+        self.check_interval = float(settings.BEAT_CHECK_SECONDS)
+        self.lease = leader.Lease(ttl=float(settings.BEAT_LEASE_SECONDS))
+        self.ledger = leader.SlotLedger(self.lease)
+        super().__init__(*args, **kwargs)
+        self.max_interval = min(self.max_interval, self.check_interval)
 
-    def reserve(self, entry: ScheduleEntry) -> ScheduleEntry:
-        """Advance the entry and stamp the slot being sent. `tick` sends the entry it had,
-        `apply_async(advance=True)` the advanced one: both carry the header."""
-        header = entry.dispatch_header(entry.scheduled_for())
-        new_entry = super().reserve(entry)
-        for sent in (entry, new_entry):
-            sent.options["headers"] = {**sent.options.get("headers", {}), HEADER: header}
-        return new_entry
+    # --- loading --------------------------------------------------------------------
+
+    def setup_schedule(self) -> None:
+        """Write `beat_schedule` from the Celery configuration to the database, as
+        django-celery-beat does, then load every enabled schedule."""
+        if self.app.conf.beat_schedule:
+            DatabaseScheduler.update_from_dict(self, self.app.conf.beat_schedule)
+        self.load_all()
+
+    @property
+    def schedule(self) -> dict[str, Entry]:
+        return {entry.name: entry for entry in self._entries.values()}
+
+    def load_all(self) -> None:
+        started = time.perf_counter()
+        close_old_connections()
+        self._change_id = ScheduleChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        self._changes_ts = PeriodicTasks.last_change()
+        self._tables = {}
+        self._load_tables(SHARED_MODELS.items())
+        self._entries, self._users, self._due, self._invalid = {}, {}, [], set()
+        for row in PeriodicTask.objects.filter(enabled=True).values_list(*ROW_FIELDS).iterator(chunk_size=5000):
+            self._add(row)
+        self._rebuild_heap()
+        logger.info("beat loaded %d schedules in %.2fs", len(self._entries), time.perf_counter() - started)
+
+    def _load_tables(self, kinds: Iterable[tuple[str, Any]], ids: Iterable[int] | None = None) -> None:
+        for kind, model in kinds:
+            rows = model.objects.all() if ids is None else model.objects.filter(pk__in=list(ids))
+            for row in rows:
+                try:
+                    self._tables[(kind, row.pk)] = slots.timetable(row)
+                except (slots.InvalidSchedule, ValueError, KeyError) as exc:
+                    logger.error("%s schedule %s is invalid and its schedules will not run: %s", kind, row.pk, exc)
+
+    def _add(self, row: tuple[Any, ...]) -> Entry | None:
+        try:
+            entry = entry_from_row(row, self.app)
+        except (slots.InvalidSchedule, ValueError) as exc:
+            logger.error("schedule %r cannot run: %s; fix it in the admin", row[1], exc)
+            self._invalid.add(row[0])
+            return None
+        self._invalid.discard(entry.pk)
+        old = self._entries.get(entry.pk)
+        if old is not None:
+            self._forget(old)
+            if old.last_run_at and (entry.last_run_at is None or old.last_run_at > entry.last_run_at):
+                entry.last_run_at = old.last_run_at  # what we sent and not yet wrote
+        entry.version = next(self._seq)  # heap items of an older version are dropped when they surface
+        self._entries[entry.pk] = entry
+        self._users.setdefault(entry.table_key, set()).add(entry.pk)
+        self._plan(entry)
+        return entry
+
+    def _forget(self, entry: Entry) -> None:
+        self._users.get(entry.table_key, set()).discard(entry.pk)
+
+    def _remove(self, pk: int) -> None:
+        entry = self._entries.pop(pk, None)
+        if entry is not None:
+            self._forget(entry)
+
+    def _plan(self, entry: Entry, push: bool = False) -> None:
+        table = self._tables.get(entry.table_key)
+        if table is None:
+            entry.next_slot = None
+            return
+        entry.next_slot = slots.first_slot(
+            table, last_run_at=entry.last_run_at, start_time=entry.start_time, created=entry.date_changed
+        )
+        if push:
+            self._push(entry)
+
+    def _push(self, entry: Entry) -> None:
+        if entry.next_slot is not None:
+            heapq.heappush(self._due, (entry.next_slot.timestamp(), next(self._seq), entry.pk, entry.version))
+
+    def _rebuild_heap(self) -> None:
+        self._due = [
+            (e.next_slot.timestamp(), next(self._seq), e.pk, e.version)
+            for e in self._entries.values()
+            if e.next_slot is not None
+        ]
+        heapq.heapify(self._due)
+
+    # --- the tick -----------------------------------------------------------------------
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        if time.monotonic() >= self._next_housekeeping:
+            self.housekeeping()
+        if self._unsent:  # claimed but not sent (the broker was down): ours to send, leader or not
+            unsent, self._unsent = self._unsent, []
+            self._publish(unsent)
+        if not self.lease.is_leader:
+            return self.check_interval
+        now = timezone.now()
+        due = self._pop_due(now.timestamp())
+        if due:
+            self._dispatch(due, now)
+        return self._sleep_for()
+
+    def _sleep_for(self) -> float:
+        until_housekeeping = self._next_housekeeping - time.monotonic()
+        if not self._due:
+            return max(0.0, until_housekeeping)
+        until_due = self._due[0][0] - time.time()
+        return max(0.0, min(until_due, until_housekeeping, self.max_interval))
+
+    def _pop_due(self, now: float) -> list[Entry]:
+        due = []
+        while self._due and self._due[0][0] <= now:
+            _, _, pk, version = heapq.heappop(self._due)
+            entry = self._entries.get(pk)
+            if entry is not None and entry.version == version:
+                due.append(entry)
+        return due
+
+    def housekeeping(self) -> None:
+        """Once a second: the lease, the change log, the batched writes, the heartbeat."""
+        self._next_housekeeping = time.monotonic() + self.check_interval
+        was_leader = self.lease.is_leader
+        try:
+            self.flush()  # first: a one-off just sent is disabled before changes are compared
+            self.apply_changes()
+            if self.lease.hold() and not was_leader:
+                self._take_over()
+        except (DatabaseError, InterfaceError) as exc:
+            logger.warning("beat cannot reach the database, trying again in %.0fs: %s", self.check_interval, exc)
+            close_old_connections()
+        except redis.RedisError as exc:
+            logger.warning("beat cannot reach Redis, trying again in %.0fs: %s", self.check_interval, exc)
+        self._heartbeat()
+
+    def _take_over(self) -> None:
+        """Becoming the leader: start from the last slot sent of each schedule, which the
+        marks know even when the previous leader died before writing `last_run_at`."""
+        marks = self.ledger.marks(self._entries)
+        for pk, mark in marks.items():
+            entry = self._entries[pk]
+            if entry.last_run_at is None or mark > entry.last_run_at:
+                entry.last_run_at = mark
+                if entry.one_off:
+                    self._finish_one_off(entry, mark)
+                    continue
+                self._plan(entry)
+        self._rebuild_heap()
+
+    # --- dispatch -------------------------------------------------------------------------
+
+    def _dispatch(self, due: list[Entry], now: dt.datetime) -> None:
+        sends = [send for entry in due if (send := self._decide(entry, now)) is not None]
+        try:
+            granted = self.ledger.claim([(s.entry.pk, s.slot) for s in sends])
+        except leader.NotLeader:
+            logger.warning("beat %s lost the lease before sending; the new leader sends these", self.lease.node)
+            self.lease.release()
+            return
+        except redis.RedisError as exc:
+            logger.warning("beat cannot claim %d due slots (Redis: %s); trying again", len(sends), exc)
+            self._requeue(sends)
+            return
+        claimed = []
+        for send, ok in zip(sends, granted, strict=True):
+            self._advance(send, now, ran=ok)  # not granted: another beat sent this slot already
+            claimed += [send] if ok else []
+        self._publish(claimed)
+
+    def _decide(self, entry: Entry, now: dt.datetime) -> Send | None:
+        """What to send for a due entry: its slot, or nothing (expired, or a missed slot
+        skipped under catch-up `skip`). Moves the entry to its next slot."""
+        if entry.expires is not None and now >= entry.expires:
+            logger.info("schedule %s expired at %s; disabling it", entry.name, entry.expires.isoformat())
+            self._disable.add(entry.pk)
+            self._remove(entry.pk)
+            return None
+        slot = entry.next_slot
+        assert slot is not None  # noqa: S101  (only entries with a slot are on the heap)
+        late = (now - slot).total_seconds()
+        if late > self.grace and entry.policy.catch_up == "skip" and entry.table_key[0] != "clocked":
+            logger.info("skipping the missed slot %s of %s (%.0fs late; catch-up is 'skip')", slot, entry.name, late)
+            self._move_on(entry, slot, now)
+            return None
+        return Send(entry, slot)
+
+    def _move_on(self, entry: Entry, slot: dt.datetime, now: dt.datetime) -> None:
+        table = self._tables.get(entry.table_key)
+        entry.next_slot = table.slot_following(slot, now) if table else None
+        self._push(entry)
+
+    def _advance(self, send: Send, now: dt.datetime, ran: bool) -> None:
+        entry = send.entry
+        entry.last_run_at = send.slot
+        entry.total_run_count += ran
+        self._writes[entry.pk] = (send.slot, self._writes.get(entry.pk, (send.slot, 0))[1] + ran)
+        if entry.one_off:
+            self._finish_one_off(entry, send.slot)
+            return
+        self._move_on(entry, send.slot, now)
+
+    def _finish_one_off(self, entry: Entry, slot: dt.datetime) -> None:
+        """A one-off schedule is disabled once sent (django-celery-beat's rule), with its
+        run count reset so that enabling it again runs it once more."""
+        self._disable.add(entry.pk)
+        self._writes[entry.pk] = (slot, 0)
+        self._remove(entry.pk)
+
+    def _requeue(self, sends: list[Send]) -> None:
+        for send in sends:
+            send.entry.next_slot = send.slot
+            self._push(send.entry)
+
+    def _publish(self, sends: list[Send]) -> None:
+        if not sends:
+            return
+        worst = 0.0
+        with self.app.producer_or_acquire() as producer:
+            for send in sends:
+                if self._send_one(send, producer):
+                    worst = max(worst, (timezone.now() - send.slot).total_seconds())
+        self._lag = worst
+        self._sent += len(sends)
+
+    def _send_one(self, send: Send, producer: Any) -> bool:
+        entry = send.entry
+        try:
+            self.app.send_task(
+                entry.task, entry.args, entry.kwargs, producer=producer, **entry.message_options(send.slot)
+            )
+        except Exception as exc:  # noqa: BLE001  (a failed send must not stop the others)
+            logger.error("could not send %s for %s: %r; trying again", entry.name, send.slot.isoformat(), exc)
+            self._unsent.append(send)
+            return False
+        logger.debug("sent %s (%s) for %s", entry.name, entry.task, send.slot.isoformat())
+        return True
+
+    # --- changes and writes -------------------------------------------------------------------
+
+    def apply_changes(self) -> None:
+        close_old_connections()
+        rows = list(
+            ScheduleChange.objects.filter(Q(id__gt=self._change_id) | Q(id__in=list(self._gaps)))
+            .order_by("id")
+            .values_list("id", "kind", "object_id")
+        )
+        self._track_gaps([row[0] for row in rows])
+        tasks = {object_id for _, kind, object_id in rows if kind == ScheduleChange.TASK}
+        shared = {(kind, object_id) for _, kind, object_id in rows if kind != ScheduleChange.TASK}
+        if shared:
+            self._reload_tables(shared)
+        if tasks:
+            self._reload_tasks(tasks)
+        self._reconcile_enabled()
+
+    def _track_gaps(self, ids: list[int]) -> None:
+        """Change-log ids are handed out before their transactions commit, so a later id
+        can be seen before an earlier one: the missing ones are looked for again for a while."""
+        now = time.monotonic()
+        for found in ids:
+            self._gaps.pop(found, None)
+        top = max(ids, default=self._change_id)
+        seen = set(ids)
+        for missing in range(self._change_id + 1, top):
+            if missing not in seen:
+                self._gaps[missing] = now + GAP_PATIENCE
+        self._change_id = max(self._change_id, top)
+        self._gaps = {gap: deadline for gap, deadline in self._gaps.items() if deadline > now}
+
+    def _reconcile_enabled(self) -> None:
+        """A bump of `PeriodicTasks` with no log row behind it is a bulk update (django-celery-
+        beat's admin enables and disables with `QuerySet.update()`): compare the enabled ids,
+        by count and sum first, and reload the ones that differ."""
+        ts = PeriodicTasks.last_change()
+        if ts is None or (self._changes_ts is not None and ts <= self._changes_ts):
+            return
+        self._changes_ts = ts
+        known = self._entries.keys() | self._invalid
+        enabled = PeriodicTask.objects.filter(enabled=True)
+        figures = enabled.aggregate(count=Count("id"), total=Sum("id"))
+        if figures["count"] == len(known) and (figures["total"] or 0) == sum(known):
+            return
+        ids = set(enabled.values_list("id", flat=True))
+        self._reload_tasks((ids - known) | (known - ids))
+
+    def _reload_tables(self, keys: set[tuple[str, int]]) -> None:
+        for kind, pk in keys:
+            self._tables.pop((kind, pk), None)
+            self._load_tables([(kind, SHARED_MODELS[kind])], [pk])
+            for user in list(self._users.get((kind, pk), ())):
+                entry = self._entries[user]
+                entry.version = next(self._seq)
+                self._plan(entry, push=True)
+
+    def _reload_tasks(self, pks: set[int]) -> None:
+        found = set()
+        for row in PeriodicTask.objects.filter(pk__in=pks, enabled=True).values_list(*ROW_FIELDS):
+            found.add(row[0])
+            entry = self._add(row)
+            if entry is not None:
+                self._push(entry)
+        for pk in pks - found:
+            self._remove(pk)
+            self._invalid.discard(pk)
+        gone = pks - set(PeriodicTask.objects.filter(pk__in=pks).values_list("pk", flat=True))
+        if gone and self.lease.is_leader:
+            self.ledger.forget(gone)
+        logger.info("beat reloaded %d changed schedule(s)", len(pks))
+
+    def flush(self) -> None:
+        """Write the slots sent since the last flush: `last_run_at` and the run count."""
+        if not (self._writes or self._disable):
+            return
+        dirty, self._writes = self._writes, {}
+        disable, self._disable = self._disable, set()
+        try:
+            self._write(dirty, disable)
+        except (DatabaseError, InterfaceError):
+            for pk, (slot, runs) in dirty.items():  # keep them for the next flush
+                newer, more = self._writes.get(pk, (slot, 0))
+                self._writes[pk] = (max(slot, newer), runs + more)
+            self._disable |= disable
+            raise
+        self._last_flush = time.monotonic()
+
+    def _write(self, dirty: dict[int, tuple[dt.datetime, int]], disable: set[int]) -> None:
+        rows = [
+            PeriodicTask(pk=pk, last_run_at=slot, total_run_count=F("total_run_count") + runs)
+            for pk, (slot, runs) in dirty.items()
+            if pk not in disable
+        ]
+        PeriodicTask.objects.bulk_update(rows, ["last_run_at", "total_run_count"], batch_size=500)
+        if disable:
+            for pk in disable:
+                slot = dirty.get(pk, (None, 0))[0]
+                fields: dict[str, Any] = {"enabled": False, "total_run_count": 0}
+                if slot is not None:
+                    fields["last_run_at"] = slot
+                PeriodicTask.objects.filter(pk=pk).update(**fields)
+            ScheduleChange.objects.bulk_create(ScheduleChange(kind=ScheduleChange.TASK, object_id=pk) for pk in disable)
+
+    def sync(self) -> None:
+        try:
+            self.flush()
+        except (DatabaseError, InterfaceError) as exc:
+            logger.error("beat could not write last_run_at of %d schedules: %s", len(self._writes), exc)
+
+    def should_sync(self) -> bool:
+        return False  # the tick writes once a second (housekeeping)
+
+    def close(self) -> None:
+        super().close()
+        self.lease.release()
+
+    # --- heartbeat --------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        facts = {
+            "role": "leader" if self.lease.is_leader else "follower",
+            "token": self.lease.token if self.lease.is_leader else None,
+            "schedules": len(self._entries),
+            "lag": round(self._lag, 3),
+            "sent": self._sent,
+        }
+        try:
+            leader.beat(self.lease.client, self.lease.node, facts)
+        except redis.RedisError:
+            pass  # said once already by housekeeping

@@ -99,3 +99,24 @@ class SchedulePolicy(models.Model):
         """The fields set on this schedule; the task's defaults apply to the rest."""
         values = {name: getattr(self, name) for name in POLICY_FIELDS}
         return {name: value for name, value in values.items() if value not in (None, "")}
+
+
+class ScheduleChange(models.Model):
+    """The change log that lets beat reload only what changed.
+
+    One row per saved or deleted schedule, policy or shared schedule object (written by
+    `scheduler_app.changes`); beat reads the rows after the last one it saw. Rows are kept
+    for `CHANGE_LOG_RETENTION` and then pruned by the leading beat."""
+
+    TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED = "task", "interval", "crontab", "solar", "clocked"
+    KINDS = (TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED)
+
+    kind = models.CharField(max_length=8, choices=[(k, k) for k in KINDS])
+    object_id = models.BigIntegerField()
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = "schedule change"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.object_id} changed at {self.at:%Y-%m-%d %H:%M:%S}"

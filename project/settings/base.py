@@ -130,6 +130,14 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "scheduler_app.beat:Scheduler"
 # A slot found due later than this (beat was down) follows the schedule's catch-up policy.
 BEAT_CATCH_UP_GRACE_SECONDS = env.number("BEAT_CATCH_UP_GRACE_SECONDS", 60, minimum=1)
+# Beats share a leader lease: a follower takes over within this many seconds of the
+# leader's death or hang (scheduler_app/leader.py).
+BEAT_LEASE_SECONDS = env.number("BEAT_LEASE_SECONDS", 10, minimum=2)
+# How often beat renews the lease, reads the change log and writes last_run_at.
+BEAT_CHECK_SECONDS = env.number("BEAT_CHECK_SECONDS", 1, minimum=0.1)
+# Retention is cleanup_old_runs' job (keep-last-N per schedule); Celery's own nightly
+# backend_cleanup would delete every run older than a day.
+CELERY_RESULT_EXPIRES = None
 DJANGO_CELERY_BEAT_TZ_AWARE = True
 
 # --- Maintenance tasks (defaults for the catalog's schedules) ---------------------------

@@ -1,0 +1,56 @@
+"""The change log beat reloads from: every save or delete of a schedule, its policy, or a
+shared schedule object (interval, crontab, solar, clocked) writes one `ScheduleChange`.
+
+Django sends these signals for `save()`, `delete()` and `QuerySet.delete()`. A bulk
+`QuerySet.update()` sends none; django-celery-beat's own admin follows one with
+`PeriodicTasks.update_changed()`, which beat notices and answers with a full reload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
+
+from scheduler_app.models import ScheduleChange, SchedulePolicy
+
+SHARED = {
+    IntervalSchedule: ScheduleChange.INTERVAL,
+    CrontabSchedule: ScheduleChange.CRONTAB,
+    SolarSchedule: ScheduleChange.SOLAR,
+    ClockedSchedule: ScheduleChange.CLOCKED,
+}
+BEAT_OWN_FIELDS = frozenset({"last_run_at", "total_run_count", "no_changes"})
+
+
+def log(kind: str, object_id: int) -> None:
+    ScheduleChange.objects.create(kind=kind, object_id=object_id)
+
+
+@receiver(post_save, sender=PeriodicTask)
+def periodic_task_saved(instance: PeriodicTask, update_fields: Any = None, **kwargs: Any) -> None:
+    if update_fields and set(update_fields) <= BEAT_OWN_FIELDS:
+        return  # beat's own bookkeeping (stock ModelEntry.save), not an edit
+    log(ScheduleChange.TASK, instance.pk)
+
+
+@receiver(post_delete, sender=PeriodicTask)
+def periodic_task_deleted(instance: PeriodicTask, **kwargs: Any) -> None:
+    log(ScheduleChange.TASK, instance.pk)
+
+
+@receiver(post_save, sender=SchedulePolicy)
+@receiver(post_delete, sender=SchedulePolicy)
+def policy_changed(instance: SchedulePolicy, **kwargs: Any) -> None:
+    log(ScheduleChange.TASK, instance.periodic_task_id)
+
+
+def shared_schedule_changed(sender: type, instance: Any, **kwargs: Any) -> None:
+    log(SHARED[sender], instance.pk)
+
+
+for model in SHARED:
+    post_save.connect(shared_schedule_changed, sender=model, dispatch_uid=f"beatkeeper-change-{model.__name__}")
+    post_delete.connect(shared_schedule_changed, sender=model, dispatch_uid=f"beatkeeper-delete-{model.__name__}")

@@ -1,0 +1,185 @@
+"""Where the run times of a schedule are computed: its slots.
+
+Beat, `list_schedules --next`, the admin's preview and the API all ask this module, so
+they agree. A slot is the moment a run is due, an aware datetime in UTC.
+
+- interval: anchored on the previous slot (slot + every), so runs never drift;
+- crontab: in the schedule's own time zone, through cronsim, with Debian cron's rules
+  for daylight saving time. A slot at a fixed hour that falls in the skipped hour runs
+  once, at the transition; one in the repeated hour runs once, at its first occurrence.
+  An expression whose hour is `*` or a step follows real time, as cron does: it keeps
+  running through the repeated hour and has nothing to run in the skipped one. Day of
+  month and day of week must both match, as Celery's crontab has always meant;
+- solar: Celery's solar schedule;
+- clocked: its one moment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from celery import current_app
+from celery.schedules import solar
+from cronsim import CronSim, CronSimError
+from django.utils import timezone
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, SolarSchedule
+
+UTC = dt.UTC
+ScheduleRow = IntervalSchedule | CrontabSchedule | SolarSchedule | ClockedSchedule
+
+
+class Timetable(Protocol):
+    zone: str
+
+    def slot_after(self, moment: dt.datetime) -> dt.datetime | None:
+        """The first slot strictly after `moment` (None: no more slots)."""
+
+    def slot_following(self, last: dt.datetime, now: dt.datetime) -> dt.datetime | None:
+        """The first slot strictly after `now`, in step with `last` (for skipping missed slots)."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    seconds: float
+    zone: str = "UTC"
+
+    def slot_after(self, moment: dt.datetime) -> dt.datetime:
+        return moment + dt.timedelta(seconds=self.seconds)
+
+    def slot_following(self, last: dt.datetime, now: dt.datetime) -> dt.datetime:
+        steps = math.floor((now - last).total_seconds() / self.seconds) + 1
+        return last + dt.timedelta(seconds=self.seconds * max(1, steps))
+
+
+@dataclass
+class Cron:
+    expression: str  # minute hour day-of-month month day-of-week
+    zone: str
+    _tz: ZoneInfo = field(init=False, repr=False)
+    _memo: dict[dt.datetime, dt.datetime] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._tz = ZoneInfo(self.zone)
+        self._iterate(dt.datetime.now(UTC))  # raises InvalidSchedule for a bad expression
+
+    def _iterate(self, moment: dt.datetime) -> CronSim:
+        try:
+            sim = CronSim(self.expression, moment.astimezone(self._tz))
+        except CronSimError as exc:
+            raise InvalidSchedule(f"crontab {self.expression!r}: {exc}") from None
+        sim.day_and = True  # Celery's crontab: day of month AND day of week
+        return sim
+
+    def slot_after(self, moment: dt.datetime) -> dt.datetime | None:
+        """Slots are whole minutes, so the answer depends only on the minute of `moment`:
+        schedules sharing this crontab share the work (memoised per minute)."""
+        minute = moment.astimezone(UTC).replace(second=0, microsecond=0)
+        found = self._memo.get(minute)
+        if found is None:
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            found = self._memo[minute] = next(self._iterate(minute), None)
+        return found.astimezone(UTC) if found else None
+
+    def slot_following(self, last: dt.datetime, now: dt.datetime) -> dt.datetime | None:
+        return self.slot_after(now)
+
+
+@dataclass(frozen=True)
+class Solar:
+    event: str
+    latitude: float
+    longitude: float
+    zone: str = "UTC"
+
+    def slot_after(self, moment: dt.datetime) -> dt.datetime:
+        now = timezone.now()
+        schedule = solar(self.event, self.latitude, self.longitude, app=current_app, nowfun=lambda: now)
+        return now + schedule.remaining_estimate(moment)
+
+    def slot_following(self, last: dt.datetime, now: dt.datetime) -> dt.datetime:
+        return self.slot_after(now)
+
+
+@dataclass(frozen=True)
+class Clocked:
+    at: dt.datetime
+    zone: str = "UTC"
+
+    def slot_after(self, moment: dt.datetime) -> dt.datetime | None:
+        return self.at if moment < self.at else None
+
+    def slot_following(self, last: dt.datetime, now: dt.datetime) -> dt.datetime | None:
+        return None
+
+
+class InvalidSchedule(ValueError):
+    pass
+
+
+def cron_expression(row: CrontabSchedule) -> str:
+    return f"{row.minute} {row.hour} {row.day_of_month} {row.month_of_year} {row.day_of_week}"
+
+
+def timetable(row: ScheduleRow) -> Timetable:
+    """The timetable of a django-celery-beat schedule row."""
+    if isinstance(row, IntervalSchedule):
+        return Interval(dt.timedelta(**{row.period: row.every}).total_seconds(), default_zone())
+    if isinstance(row, CrontabSchedule):
+        return Cron(cron_expression(row), str(row.timezone))
+    if isinstance(row, SolarSchedule):
+        return Solar(row.event, float(row.latitude), float(row.longitude), default_zone())
+    if isinstance(row, ClockedSchedule):
+        return Clocked(row.clocked_time.astimezone(UTC), default_zone())
+    raise InvalidSchedule(f"not a schedule: {row!r}")
+
+
+def default_zone() -> str:
+    return timezone.get_default_timezone_name()
+
+
+def upcoming(table: Timetable, after: dt.datetime, count: int) -> Iterator[dt.datetime]:
+    """The next `count` slots strictly after `after`."""
+    moment: dt.datetime | None = after
+    for _ in range(count):
+        moment = table.slot_after(moment) if moment else None
+        if moment is None:
+            return
+        yield moment
+
+
+def first_slot(table: Timetable, *, last_run_at: dt.datetime | None, start_time: dt.datetime | None,
+               created: dt.datetime) -> dt.datetime | None:  # fmt: skip
+    """The schedule's next slot from what the database says of it.
+
+    A schedule that never ran counts from when it was last changed (django-celery-beat's
+    rule); with a start time it runs first at the start time (interval) or at its first
+    slot from then on."""
+    if last_run_at is not None:
+        slot = table.slot_after(last_run_at)
+    elif start_time is not None and isinstance(table, Interval):
+        slot = start_time
+    else:
+        slot = table.slot_after(start_time - dt.timedelta(microseconds=1) if start_time else created)
+    if slot is not None and start_time is not None and slot < start_time:
+        slot = table.slot_after(start_time - dt.timedelta(microseconds=1))
+    return slot
+
+
+def describe_offsets(slots: list[dt.datetime], zone: str) -> list[dict[str, Any]]:
+    """Slots in the schedule's zone and UTC, each marked where the zone's UTC offset
+    differs from the slot before it (a daylight saving transition in between)."""
+    tz = ZoneInfo(zone)
+    rows: list[dict[str, Any]] = []
+    previous: dt.timedelta | None = None
+    for slot in slots:
+        local = slot.astimezone(tz)
+        offset = local.utcoffset()
+        rows.append({"local": local, "utc": slot.astimezone(UTC), "dst_change": previous not in (None, offset)})
+        previous = offset
+    return rows
