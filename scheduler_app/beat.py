@@ -389,7 +389,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         assert slot is not None  # noqa: S101  (only entries with a slot are on the heap)
         late = (now - slot).total_seconds()
         if late > self.grace and entry.policy.catch_up == "skip" and entry.table_key[0] != "clocked":
-            logger.info("skipping the missed slot %s of %s (%.0fs late; catch-up is 'skip')", slot, entry.name, late)
+            logger.info("skipping a missed slot of %s (%s, %.0fs late; catch-up is 'skip')", entry.name, slot, late)
             self._move_on(entry, slot, now)
             return None
         return Send(entry, slot)

@@ -33,11 +33,11 @@ logger = logging.getLogger(__name__)
 PREFIX = "beatkeeper:beat:"
 LEASE_KEY = PREFIX + "leader"
 FENCE_KEY = PREFIX + "fence"
-MARKS_KEY = PREFIX + "marks"  # hash: schedule id -> last slot sent, in epoch milliseconds
+MARKS_KEY = PREFIX + "marks"  # hash: schedule id -> last slot sent, in epoch microseconds
 HEARTBEAT_KEY = PREFIX + "heartbeat"  # hash: node -> JSON of its last tick
 HEARTBEAT_TTL = 120  # seconds a silent beat stays listed
 
-# KEYS: lease, marks. ARGV: lease value, then (schedule id, slot ms) pairs.
+# KEYS: lease, marks. ARGV: lease value, then (schedule id, slot in microseconds) pairs.
 # Returns -1 if the lease is not ours, else one 1 (granted) or 0 (already sent) per pair.
 CLAIM_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
@@ -59,12 +59,16 @@ class NotLeader(Exception):
     """The lease is no longer ours: stop dispatching."""
 
 
-def to_ms(moment: dt.datetime) -> int:
-    return round(moment.timestamp() * 1000)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def from_ms(value: int | bytes | str) -> dt.datetime:
-    return dt.datetime.fromtimestamp(int(value) / 1000, dt.UTC)
+def to_us(moment: dt.datetime) -> int:
+    """A slot as whole microseconds since the epoch (exact, and below 2**53 for Lua)."""
+    return (moment - EPOCH) // dt.timedelta(microseconds=1)
+
+
+def from_us(value: int | bytes | str) -> dt.datetime:
+    return EPOCH + dt.timedelta(microseconds=int(value))
 
 
 @dataclass
@@ -143,7 +147,7 @@ class SlotLedger:
             return []
         argv: list[Any] = [self.lease.value]
         for pk, slot in slots:
-            argv += [pk, to_ms(slot)]
+            argv += [pk, to_us(slot)]
         answer = self.lease.client.eval(CLAIM_SCRIPT, 2, LEASE_KEY, MARKS_KEY, *argv)
         if answer == -1:
             raise NotLeader(self.lease.node)
@@ -157,7 +161,7 @@ class SlotLedger:
             chunk = pks[start : start + 10_000]
             for pk, value in zip(chunk, self.lease.client.hmget(MARKS_KEY, chunk), strict=True):
                 if value is not None:
-                    found[pk] = from_ms(value)
+                    found[pk] = from_us(value)
         return found
 
     def forget(self, pks: Iterable[int]) -> None:

@@ -9,10 +9,14 @@ import datetime as dt
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+from celery import current_app
 from cron_descriptor import get_description
+from django.conf import settings
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
+from scheduler_app import slots
+from scheduler_app.beat import task_policy
 from scheduler_app.catalog import Every
 
 UTC = dt.UTC
@@ -54,23 +58,43 @@ def describe(task: PeriodicTask) -> str:
 def zone_of(task: PeriodicTask) -> str:
     if task.crontab_id:
         return str(task.crontab.timezone)
-    return timezone.get_default_timezone_name()
+    return slots.default_zone()
 
 
 def next_run(task: PeriodicTask, now: dt.datetime | None = None) -> NextRun:
-    """When beat will next send this schedule (an estimate for never-run intervals)."""
-    now = now or timezone.now()
-    zone = zone_of(task)
+    """When beat will next send this schedule: the same slot computation as beat's."""
+    runs = next_runs(task, 1, now)
+    return runs[0] if runs else NextRun(None, zone_of(task), why_not(task) or "no further slot")
+
+
+def why_not(task: PeriodicTask) -> str:
     if not task.enabled:
-        return NextRun(None, zone, "disabled")
+        return "disabled"
     if task.one_off and task.total_run_count:
-        return NextRun(None, zone, "one-off already run")
-    if task.clocked_id:
-        return NextRun(max(task.clocked.clocked_time, now).astimezone(UTC), zone)
-    start = max(task.start_time, now) if task.start_time else now
-    last = task.last_run_at or start
-    remaining = task.schedule.remaining_estimate(last)
-    return NextRun((max(start, now + remaining)).astimezone(UTC), zone)
+        return "one-off already run"
+    if task.expires and task.expires <= timezone.now():
+        return "expired"
+    return ""
+
+
+def next_runs(task: PeriodicTask, count: int, now: dt.datetime | None = None) -> list[NextRun]:
+    """The next `count` runs of an enabled schedule (empty if it will not run again). A
+    slot already due, or missed, is given as beat will treat it: sent now, or skipped."""
+    now = now or timezone.now()
+    if why_not(task):
+        return []
+    table = slots.timetable(task.clocked or task.interval or task.crontab or task.solar)
+    slot = slots.first_slot(table, last_run_at=task.last_run_at, start_time=task.start_time, created=task.date_changed)
+    if slot is not None and slot < now and (now - slot).total_seconds() > settings.BEAT_CATCH_UP_GRACE_SECONDS:
+        if catch_up_of(task) == "skip" and not task.clocked_id:
+            slot = table.slot_following(slot, now)
+    times = [] if slot is None else [max(slot, now), *slots.upcoming(table, slot, count - 1)]
+    return [NextRun(at.astimezone(UTC), table.zone) for at in times if not task.expires or at < task.expires]
+
+
+def catch_up_of(task: PeriodicTask) -> str:
+    policy = getattr(task, "policy", None)
+    return (policy and policy.catch_up) or task_policy(current_app, task.task).catch_up
 
 
 def interval_seconds(every: int, period: str) -> float:

@@ -159,7 +159,10 @@ def first_slot(table: Timetable, *, last_run_at: dt.datetime | None, start_time:
 
     A schedule that never ran counts from when it was last changed (django-celery-beat's
     rule); with a start time it runs first at the start time (interval) or at its first
-    slot from then on."""
+    slot from then on. A clocked schedule that never ran is due at its moment, however
+    long ago that was."""
+    if isinstance(table, Clocked):
+        return table.at if last_run_at is None else table.slot_after(last_run_at)
     if last_run_at is not None:
         slot = table.slot_after(last_run_at)
     elif start_time is not None and isinstance(table, Interval):

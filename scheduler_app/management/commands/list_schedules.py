@@ -2,33 +2,45 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from scheduler_app.schedules import NextRun, describe, next_run
+from scheduler_app import slots
+from scheduler_app.schedules import NextRun, describe, next_runs, why_not
 
 
 class Command(BaseCommand):
-    help = "List every schedule with its task, its schedule in words, and its next run time."
+    help = (
+        "List every schedule with its task, its schedule in words, and its next run time "
+        "(--next N: the next N, in the schedule's zone and in UTC, daylight saving changes marked)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--next", type=int, default=1, metavar="N", help="how many next run times to show")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        count = max(1, options["next"])
         now = timezone.now()
-        tasks = PeriodicTask.objects.select_related("interval", "crontab", "clocked", "solar").order_by("name")
-        count = 0
-        for task in tasks:
-            count += 1
-            upcoming = next_run(task, now)
+        tasks = PeriodicTask.objects.select_related("interval", "crontab", "clocked", "solar", "policy")
+        total = 0
+        for task in tasks.order_by("name"):
+            total += 1
             state = "enabled" if task.enabled else "disabled"
             self.stdout.write(f"{task.name}  [{state}]")
             self.stdout.write(f"    task:     {task.task}")
             self.stdout.write(f"    schedule: {describe(task)}")
             self.stdout.write(f"    last run: {task.last_run_at.isoformat() if task.last_run_at else 'never'}")
-            self.stdout.write(f"    next run: {self._when(upcoming)}")
-        self.stdout.write(f"{count} schedule(s)")
+            self._write_runs(task, next_runs(task, count, now), count)
+        self.stdout.write(f"{total} schedule(s)")
 
-    def _when(self, upcoming: NextRun) -> str:
-        local = upcoming.local()
-        if upcoming.at is None or local is None:
-            return f"none ({upcoming.reason})"
-        return f"{local.isoformat()} {upcoming.zone} = {upcoming.at.isoformat()} UTC"
+    def _write_runs(self, task: PeriodicTask, runs: list[NextRun], count: int) -> None:
+        if not runs:
+            self.stdout.write(f"    next run: none ({why_not(task) or 'no further slot'})")
+            return
+        rows = slots.describe_offsets([run.at for run in runs if run.at], runs[0].zone)
+        label = "next run:" if count == 1 else "next runs:"
+        for n, row in enumerate(rows):
+            mark = "  (daylight saving change before this run)" if row["dst_change"] else ""
+            lead = f"    {label}" if n == 0 else " " * (5 + len(label))
+            self.stdout.write(f"{lead} {row['local'].isoformat()} {runs[0].zone} = {row['utc'].isoformat()} UTC{mark}")

@@ -1,0 +1,299 @@
+"""The beat scheduler in-process, against the real database and the real Redis: every due
+schedule in one tick, the change log, batched writes, the lease and the slot marks,
+one-off, expiry, catch-up. Real beat processes: tests/test_beat_ha.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import current_app
+from celery.signals import before_task_publish
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_celery_beat.models import (
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    PeriodicTasks,
+)
+
+from scheduler_app import leader
+from scheduler_app.beat import Scheduler
+from scheduler_app.connection import redis_client
+from scheduler_app.models import SchedulePolicy
+from scheduler_app.schedules import next_runs
+
+pytestmark = pytest.mark.django_db(transaction=True)
+QUEUE = "beat-tests"  # no test worker consumes it
+
+
+@pytest.fixture(autouse=True)
+def clean_redis() -> Iterator[None]:
+    client = redis_client()
+    for pattern in (leader.PREFIX + "*", QUEUE + "*"):
+        for key in client.scan_iter(match=pattern):
+            client.delete(key)
+    yield
+    for key in client.scan_iter(match=QUEUE + "*"):
+        client.delete(key)
+
+
+@pytest.fixture
+def sent() -> Iterator[list[dict[str, Any]]]:
+    """The beatkeeper header of every message published, as beat published it."""
+    published: list[dict[str, Any]] = []
+
+    def capture(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        published.append(dict((headers or {}).get("beatkeeper", {})))
+
+    before_task_publish.connect(capture, weak=False)
+    yield published
+    before_task_publish.disconnect(capture)
+
+
+def interval(seconds: int) -> IntervalSchedule:
+    return IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)[0]
+
+
+def schedule(name: str, seconds: int = 30, *, ago: float | None = None, **fields: Any) -> PeriodicTask:
+    """A schedule on the tests' own queue, last run `ago` seconds ago."""
+    last = timezone.now() - dt.timedelta(seconds=ago) if ago is not None else None
+    fields.setdefault("interval", interval(seconds))
+    return PeriodicTask.objects.create(
+        name=name, task="maintenance.purge_expired_sessions", queue=QUEUE, last_run_at=last, **fields
+    )
+
+
+def started(**options: Any) -> Scheduler:
+    beat = Scheduler(app=current_app, **options)
+    beat.tick()  # the first tick takes the lease
+    return beat
+
+
+def names(published: list[dict[str, Any]]) -> list[str]:
+    return sorted(header["schedule"] for header in published)
+
+
+# --- dispatch ---------------------------------------------------------------------------
+
+
+def test_it_sends_every_due_schedule_in_one_tick(sent: list[dict[str, Any]]) -> None:
+    for n in range(40):
+        schedule(f"due {n:02}", 30, ago=31)
+    schedule("not due", 30, ago=5)
+    beat = started()
+    assert names(sent) == [f"due {n:02}" for n in range(40)]
+    assert len(set(json.dumps(h, sort_keys=True) for h in sent)) == 40
+    beat.close()
+
+
+def test_it_stamps_each_dispatch_with_its_slot_and_the_schedules_policy(sent: list[dict[str, Any]]) -> None:
+    task = schedule("every minute", 60, ago=61)
+    SchedulePolicy.objects.create(periodic_task=task, overlap="skip", max_retries=7, time_limit=30)
+    slot = task.last_run_at + dt.timedelta(seconds=60)
+    beat = started()
+    (header,) = sent
+    assert header["trigger"] == "beat" and header["schedule"] == "every minute"
+    assert header["scheduled_for"] == slot.isoformat()
+    assert header["policy"] == {"overlap": "skip", "max_retries": 7, "time_limit": 30}
+    assert beat.schedule["every minute"].options["time_limit"] == 30
+    assert beat.schedule["every minute"].options["soft_time_limit"] == 27
+    beat.close()
+
+
+def test_it_writes_the_slots_it_sent_in_one_batch(sent: list[dict[str, Any]]) -> None:
+    tasks = [schedule(f"batch {n}", 30, ago=31) for n in range(25)]
+    beat = started()
+    assert len(sent) == 25
+    with CaptureQueriesContext(connection) as queries:
+        beat.flush()
+    statements = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].split()[0] not in ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE")
+    ]
+    assert len(statements) == 1 and statements[0].startswith("UPDATE"), statements  # one UPDATE for 25 rows
+    for task in tasks:
+        stored = PeriodicTask.objects.get(pk=task.pk)
+        assert stored.last_run_at == task.last_run_at + dt.timedelta(seconds=30)  # the slot, not the send time
+        assert stored.total_run_count == 1
+    beat.close()
+
+
+# --- the change log -------------------------------------------------------------------------
+
+
+def test_it_reloads_only_what_changed(sent: list[dict[str, Any]]) -> None:
+    edited, deleted, disabled = (schedule(name, 3600, ago=10) for name in ("edited", "deleted", "disabled"))
+    untouched = schedule("untouched", 3600, ago=10)
+    beat = started()
+    kept = beat._entries[untouched.pk]
+    edited.interval = interval(5)
+    edited.save()
+    deleted.delete()
+    disabled.enabled = False
+    disabled.save()
+    beat.housekeeping()
+    assert sorted(beat.schedule) == ["edited", "untouched"]
+    assert beat._entries[untouched.pk] is kept  # not reloaded
+    assert beat._entries[edited.pk].next_slot == edited.last_run_at + dt.timedelta(seconds=5)
+    beat.tick()
+    assert names(sent) == ["edited"]
+    beat.close()
+
+
+def test_it_follows_an_edit_of_a_shared_crontab() -> None:
+    cron = CrontabSchedule.objects.create(minute="0", hour="4", timezone="Europe/Paris")
+    users = [schedule(f"user {n}", crontab=cron, interval=None, ago=10) for n in range(3)]
+    beat = started()
+    cron.hour = "5"
+    cron.save()
+    beat.housekeeping()
+    for task in users:
+        assert beat._entries[task.pk].next_slot.astimezone(cron.timezone).hour == 5  # type: ignore[union-attr]
+    beat.close()
+
+
+def test_it_follows_a_bulk_enable_or_disable_from_the_stock_admin() -> None:
+    a, b = schedule("bulk a", ago=1), schedule("bulk b", ago=1)
+    beat = started()
+    PeriodicTask.objects.filter(pk=a.pk).update(enabled=False)  # django-celery-beat's admin action
+    PeriodicTasks.update_changed()
+    beat.housekeeping()
+    assert sorted(beat.schedule) == ["bulk b"]
+    PeriodicTask.objects.filter(pk=a.pk).update(enabled=True)
+    PeriodicTasks.update_changed()
+    beat.housekeeping()
+    assert sorted(beat.schedule) == ["bulk a", "bulk b"]
+    assert b.pk in beat._entries
+    beat.close()
+
+
+def test_a_schedule_that_cannot_run_does_not_stop_the_others(sent: list[dict[str, Any]]) -> None:
+    broken = CrontabSchedule.objects.create(minute="61", hour="*")  # saved past the admin's validation
+    schedule("broken", crontab=broken, interval=None, ago=61)
+    schedule("fine", 30, ago=31)
+    beat = started()
+    assert names(sent) == ["fine"]
+    assert beat.schedule["broken"].next_slot is None
+    beat.close()
+
+
+# --- one-off, clocked, expiry, catch-up -------------------------------------------------------
+
+
+def test_it_sends_a_one_off_once_and_disables_it(sent: list[dict[str, Any]]) -> None:
+    clock = ClockedSchedule.objects.create(clocked_time=timezone.now() - dt.timedelta(seconds=2))
+    task = schedule("one off", clocked=clock, interval=None, one_off=True)
+    beat = started()
+    beat.tick()
+    beat.flush()
+    assert names(sent) == ["one off"]
+    stored = PeriodicTask.objects.get(pk=task.pk)
+    assert (stored.enabled, stored.total_run_count) == (False, 0)  # enabling it again runs it once more
+    assert "one off" not in beat.schedule
+    beat.close()
+
+
+def test_a_clocked_slot_missed_during_an_outage_still_runs_once(sent: list[dict[str, Any]]) -> None:
+    clock = ClockedSchedule.objects.create(clocked_time=timezone.now() - dt.timedelta(hours=2))
+    schedule("late one off", clocked=clock, interval=None, one_off=True)
+    started().close()
+    assert names(sent) == ["late one off"]
+
+
+def test_it_disables_an_expired_schedule_instead_of_sending_it(sent: list[dict[str, Any]]) -> None:
+    task = schedule("expired", 30, ago=31, expires=timezone.now() - dt.timedelta(seconds=1))
+    beat = started()
+    beat.flush()
+    assert sent == []
+    assert PeriodicTask.objects.get(pk=task.pk).enabled is False
+    beat.close()
+
+
+@pytest.mark.parametrize(
+    ("catch_up", "late", "sends"),
+    [("skip", 3600, False), ("once", 3600, True), ("skip", 30, True)],
+    ids=["skip-after-an-hour", "once-after-an-hour", "skip-but-within-grace"],
+)
+def test_it_follows_the_catch_up_policy_for_a_missed_slot(
+    sent: list[dict[str, Any]], catch_up: str, late: int, sends: bool
+) -> None:
+    task = schedule("hourly", 3600, ago=3600 + late)
+    SchedulePolicy.objects.create(periodic_task=task, catch_up=catch_up)
+    beat = started()
+    assert len(sent) == int(sends)
+    entry = beat.schedule["hourly"]
+    assert entry.next_slot > timezone.now()  # type: ignore[operator]
+    assert (entry.next_slot - task.last_run_at).total_seconds() % 3600 == 0  # type: ignore[operator]  in phase
+    beat.close()
+
+
+def test_a_long_outage_never_ends_in_a_burst(sent: list[dict[str, Any]]) -> None:
+    task = schedule("every second", 1, ago=45)  # 44 slots missed, all within the grace
+    beat = started()
+    beat.tick()
+    assert len(sent) == 1  # the missed slots folded into one send
+    assert beat.schedule["every second"].next_slot > timezone.now()  # type: ignore[operator]
+    assert task.pk in beat._entries
+    beat.close()
+
+
+# --- the lease and the marks -------------------------------------------------------------------
+
+
+def test_only_the_leader_sends(sent: list[dict[str, Any]]) -> None:
+    schedule("shared", 30, ago=31)
+    first, second = started(), started()
+    assert (first.lease.is_leader, second.lease.is_leader) == (True, False)
+    second.tick()
+    assert names(sent) == ["shared"]
+    facts = leader.heartbeat()
+    assert facts["leader"] == first.lease.node
+    assert {b["role"] for b in facts["beats"]} == {"leader", "follower"}
+    first.close()
+    second.close()
+
+
+def test_a_new_leader_does_not_send_again_what_a_dead_one_sent_but_never_wrote(sent: list[dict[str, Any]]) -> None:
+    task = schedule("weekly", 7 * 86400, ago=7 * 86400 + 5)
+    dead = started()  # sends the slot, then "dies" before writing last_run_at
+    assert len(sent) == 1
+    redis_client().delete(leader.LEASE_KEY)  # its lease runs out
+    assert PeriodicTask.objects.get(pk=task.pk).last_run_at == task.last_run_at  # never written
+    heir = started()
+    assert heir.lease.is_leader
+    assert len(sent) == 1  # the mark says that slot went
+    assert heir.schedule["weekly"].next_slot == task.last_run_at + dt.timedelta(days=14)
+    dead._finalize.cancel()  # it died: no goodbye write
+    heir.close()
+
+
+def test_a_leader_that_lost_its_lease_sends_nothing(sent: list[dict[str, Any]]) -> None:
+    schedule("fenced", 2, ago=1)
+    stale = started()
+    redis_client().delete(leader.LEASE_KEY)  # paused past its lease...
+    heir = started()  # ...and another beat took over
+    assert heir.lease.token > stale.lease.token  # type: ignore[operator]
+    stale._next_housekeeping = float("inf")  # it has not noticed yet
+    stale._entries[next(iter(stale._entries))].next_slot = timezone.now()
+    stale._rebuild_heap()
+    stale.tick()
+    assert sent == []  # the fencing check refused its claim
+    assert not stale.lease.is_leader
+    stale.close()
+    heir.close()
+
+
+def test_next_runs_agree_with_beat() -> None:
+    task = schedule("agree", 600, ago=100)
+    beat = started()
+    (upcoming,) = next_runs(PeriodicTask.objects.get(pk=task.pk), 1)
+    assert upcoming.at == beat.schedule["agree"].next_slot
+    beat.close()
