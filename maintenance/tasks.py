@@ -28,7 +28,7 @@ HOUR = 3600
     expires=HOUR,
 )
 def cleanup_old_runs(
-    max_age_hours: float | None = None, keep_last: int | None = None, batch_size: int = 5000
+    max_age_hours: float | None = None, keep_last: int | None = None, batch_size: int = 50_000
 ) -> dict[str, Any]:
     """Delete finished run records older than RUN_RETENTION_HOURS, keeping each schedule's newest."""
     hours = settings.RUN_RETENTION_HOURS if max_age_hours is None else max_age_hours

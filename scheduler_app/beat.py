@@ -72,6 +72,8 @@ ROW_FIELDS = (
     *(f"policy__{name}" for name in POLICY_FIELDS),
 )  # fmt: skip
 GAP_PATIENCE = 30.0  # seconds a missing change-log id may still turn up (a transaction not yet committed)
+CHANGE_LOG_RETENTION = dt.timedelta(hours=1)  # a beat that was away longer starts with a full load anyway
+PRUNE_EVERY = 300.0  # seconds between two prunings of the change log by the leader
 
 
 def task_policy(app: Any, task_name: str) -> RunPolicy:
@@ -135,7 +137,7 @@ def entry_from_row(row: tuple[Any, ...], app: Any) -> Entry:
     overrides = {name: value for name, value in overrides.items() if value not in (None, "")}
     base = task_policy(app, values["task"])
     try:
-        policy = base.with_overrides(overrides)
+        policy = base.with_overrides(overrides) if overrides else base
     except ValueError as exc:  # a bad row never stops beat: the task's own policy applies
         logger.error("ignoring the policy of schedule %s: %s; fix it in the admin", values["name"], exc)
         overrides, policy = {}, base
@@ -200,6 +202,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         self._changes_ts: dt.datetime | None = None
         self._invalid: set[int] = set()  # enabled rows that cannot run (logged once per change)
         self._next_housekeeping = 0.0
+        self._next_prune = 0.0
         self._last_flush = time.monotonic()
         self._lag = 0.0
         self._sent = 0
@@ -250,6 +253,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             entry = entry_from_row(row, self.app)
         except (slots.InvalidSchedule, ValueError) as exc:
             logger.error("schedule %r cannot run: %s; fix it in the admin", row[1], exc)
+            self._remove(row[0])  # its previous, valid version stops too: it no longer says what runs
             self._invalid.add(row[0])
             return None
         self._invalid.discard(entry.pk)
@@ -336,6 +340,8 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             self.apply_changes()
             if self.lease.hold() and not was_leader:
                 self._take_over()
+            if self.lease.is_leader and time.monotonic() >= self._next_prune:
+                self._prune_change_log()
         except (DatabaseError, InterfaceError) as exc:
             logger.warning("beat cannot reach the database, trying again in %.0fs: %s", self.check_interval, exc)
             close_old_connections()
@@ -442,7 +448,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             logger.error("could not send %s for %s: %r; trying again", entry.name, send.slot.isoformat(), exc)
             self._unsent.append(send)
             return False
-        logger.debug("sent %s (%s) for %s", entry.name, entry.task, send.slot.isoformat())
+        logger.info("Scheduler: Sending due task %s (%s) for %s", entry.name, entry.task, send.slot.isoformat())
         return True
 
     # --- changes and writes -------------------------------------------------------------------
@@ -476,6 +482,10 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
                 self._gaps[missing] = now + GAP_PATIENCE
         self._change_id = max(self._change_id, top)
         self._gaps = {gap: deadline for gap, deadline in self._gaps.items() if deadline > now}
+
+    def _prune_change_log(self) -> None:
+        self._next_prune = time.monotonic() + PRUNE_EVERY
+        ScheduleChange.objects.filter(at__lt=timezone.now() - CHANGE_LOG_RETENTION).delete()
 
     def _reconcile_enabled(self) -> None:
         """A bump of `PeriodicTasks` with no log row behind it is a bulk update (django-celery-

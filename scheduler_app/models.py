@@ -106,7 +106,7 @@ class ScheduleChange(models.Model):
 
     One row per saved or deleted schedule, policy or shared schedule object (written by
     `scheduler_app.changes`); beat reads the rows after the last one it saw. Rows are kept
-    for `CHANGE_LOG_RETENTION` and then pruned by the leading beat."""
+    for an hour (`beat.CHANGE_LOG_RETENTION`) and then pruned by the leading beat."""
 
     TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED = "task", "interval", "crontab", "solar", "clocked"
     KINDS = (TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED)

@@ -106,9 +106,11 @@ def worker(tmp_path: Path, *extra: str, concurrency: int = 2, **env: str) -> Ite
 
 
 @contextmanager
-def beat(tmp_path: Path, **env: str) -> Iterator[Process]:
-    argv = celery("beat", "--loglevel", "DEBUG", "--pidfile=", "--schedule", str(tmp_path / "beat-schedule"))
-    proc = Process("beat", argv, process_env(**env), tmp_path / "beat.log")
+def beat(tmp_path: Path, name: str = "beat", **env: str) -> Iterator[Process]:
+    """A `celery beat`; give several running together distinct names (their log and
+    schedule files are named after it: tmp_path/<name>.log, tmp_path/<name>-schedule)."""
+    argv = celery("beat", "--loglevel", "DEBUG", "--pidfile=", "--schedule", str(tmp_path / f"{name}-schedule"))
+    proc = Process(name, argv, process_env(**env), tmp_path / f"{name}.log")
     try:
         proc.wait_for_output("beat: Starting...")
         yield proc

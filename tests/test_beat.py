@@ -8,8 +8,10 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+import time_machine
 from celery import current_app
 from celery.signals import before_task_publish
 from django.db import connection
@@ -63,7 +65,7 @@ def interval(seconds: int) -> IntervalSchedule:
 
 def schedule(name: str, seconds: int = 30, *, ago: float | None = None, **fields: Any) -> PeriodicTask:
     """A schedule on the tests' own queue, last run `ago` seconds ago."""
-    last = timezone.now() - dt.timedelta(seconds=ago) if ago is not None else None
+    last = timezone.now() - dt.timedelta(seconds=ago) if ago is not None else fields.pop("last_run_at", None)
     fields.setdefault("interval", interval(seconds))
     return PeriodicTask.objects.create(
         name=name, task="maintenance.purge_expired_sessions", queue=QUEUE, last_run_at=last, **fields
@@ -296,4 +298,28 @@ def test_next_runs_agree_with_beat() -> None:
     beat = started()
     (upcoming,) = next_runs(PeriodicTask.objects.get(pk=task.pk), 1)
     assert upcoming.at == beat.schedule["agree"].next_slot
+    beat.close()
+
+
+def test_the_leader_prunes_the_change_log_but_keeps_the_last_hour() -> None:
+    from scheduler_app.models import ScheduleChange
+
+    old, recent = schedule("old edit", ago=1), schedule("recent edit", ago=1)
+    ScheduleChange.objects.filter(object_id=old.pk).update(at=timezone.now() - dt.timedelta(hours=2))
+    started().close()
+    left = set(ScheduleChange.objects.values_list("object_id", flat=True))
+    assert recent.pk in left and old.pk not in left
+
+
+def test_beat_runs_a_crontab_across_the_spring_forward_night_in_its_zone(sent: list[dict[str, Any]]) -> None:
+    cron = CrontabSchedule.objects.create(minute="30", hour="2", timezone="Europe/Berlin")
+    berlin = ZoneInfo("Europe/Berlin")
+    last = dt.datetime(2026, 3, 28, 2, 30, tzinfo=berlin)  # 02:30 CET, the night before
+    schedule("nightly", crontab=cron, interval=None, last_run_at=last)
+    with time_machine.travel(dt.datetime(2026, 3, 29, 3, 0, 5, tzinfo=berlin)):  # 02:30 does not exist
+        beat = started()
+        assert [h["scheduled_for"] for h in sent] == ["2026-03-29T01:00:00+00:00"]  # 03:00 CEST, once
+    with time_machine.travel(dt.datetime(2026, 3, 30, 2, 30, 5, tzinfo=berlin)):
+        beat.tick()
+        assert [h["scheduled_for"] for h in sent][1:] == ["2026-03-30T00:30:00+00:00"]  # 02:30 CEST
     beat.close()

@@ -384,10 +384,10 @@ def test_it_points_the_example_urls_at_the_compose_services() -> None:
 # --- Kubernetes -------------------------------------------------------------------------
 
 
-def test_it_runs_exactly_one_beat_with_the_recreate_strategy() -> None:
+def test_it_runs_two_beats_for_failover_and_rolls_them_one_at_a_time() -> None:
     beat = _kubernetes("Deployment", "beatkeeper-beat")
-    assert beat["spec"]["replicas"] == 1
-    assert beat["spec"]["strategy"]["type"] == "Recreate"
+    assert beat["spec"]["replicas"] == 2
+    assert beat["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
     # No other workload runs beat.
     runs_beat = [
         name for name, pod in _pod_specs() for c in pod["containers"] if c.get("command") == ["deploy/bin/beat"]
