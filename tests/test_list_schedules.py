@@ -70,3 +70,18 @@ def test_it_puts_an_interval_in_the_largest_whole_unit(every: int, period: str, 
     from scheduler_app.schedules import interval_in_words
 
     assert interval_in_words(every, period) == words
+
+
+@time_machine.travel(dt.datetime(2026, 3, 27, 12, 0, tzinfo=dt.UTC), tick=False)
+def test_it_lists_the_next_runs_in_the_zone_and_utc_marking_a_daylight_saving_change() -> None:
+    cron = CrontabSchedule.objects.create(minute="30", hour="2", timezone="Europe/Berlin")
+    PeriodicTask.objects.create(name="nightly", task="maintenance.log_statistics", crontab=cron)
+    out = StringIO()
+    call_command("list_schedules", "--next", "3", stdout=out)
+    lines = [line.strip() for line in out.getvalue().splitlines() if "Europe/Berlin =" in line]
+    assert lines == [
+        "next runs: 2026-03-28T02:30:00+01:00 Europe/Berlin = 2026-03-28T01:30:00+00:00 UTC",
+        "2026-03-29T03:00:00+02:00 Europe/Berlin = 2026-03-29T01:00:00+00:00 UTC"
+        "  (daylight saving change before this run)",
+        "2026-03-30T02:30:00+02:00 Europe/Berlin = 2026-03-30T00:30:00+00:00 UTC",
+    ]
