@@ -332,22 +332,25 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         return due
 
     def housekeeping(self) -> None:
-        """Once a second: the lease, the change log, the batched writes, the heartbeat."""
+        """Once a second: the lease, the heartbeat, the batched writes, the change log.
+        The database and Redis fail independently: without the database a leader keeps
+        its lease and goes on sending; without Redis nobody can send."""
         self._next_housekeeping = time.monotonic() + self.check_interval
-        was_leader = self.lease.is_leader
+        try:
+            was_leader = self.lease.is_leader
+            if self.lease.hold() and not was_leader:
+                self._take_over()
+            self._heartbeat()
+        except redis.RedisError as exc:
+            logger.warning("beat cannot reach Redis, trying again in %.0fs: %s", self.check_interval, exc)
         try:
             self.flush()  # first: a one-off just sent is disabled before changes are compared
             self.apply_changes()
-            if self.lease.hold() and not was_leader:
-                self._take_over()
             if self.lease.is_leader and time.monotonic() >= self._next_prune:
                 self._prune_change_log()
         except (DatabaseError, InterfaceError) as exc:
             logger.warning("beat cannot reach the database, trying again in %.0fs: %s", self.check_interval, exc)
             close_old_connections()
-        except redis.RedisError as exc:
-            logger.warning("beat cannot reach Redis, trying again in %.0fs: %s", self.check_interval, exc)
-        self._heartbeat()
 
     def _take_over(self) -> None:
         """Becoming the leader: start from the last slot sent of each schedule, which the
@@ -582,7 +585,4 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             "lag": round(self._lag, 3),
             "sent": self._sent,
         }
-        try:
-            leader.beat(self.lease.client, self.lease.node, facts)
-        except redis.RedisError:
-            pass  # said once already by housekeeping
+        leader.beat(self.lease.client, self.lease.node, facts)
