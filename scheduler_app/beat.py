@@ -18,10 +18,11 @@ sent once however many beats run, restart or take over. `last_run_at` is the slo
 (not the moment of sending), so interval schedules do not drift and every beat computes
 the same slots.
 
-Catch-up: a slot found more than BEAT_CATCH_UP_GRACE_SECONDS late (beat was down, or the
-schedule was re-enabled) is skipped under `skip` (the default, as cron does) or sent once
-under `once`; a schedule is sent at most once per tick, with the slots it missed folded
-into that one send, so an outage never ends in a burst.
+Catch-up: slots missed by less than BEAT_CATCH_UP_GRACE_SECONDS (a failover, a short
+restart, a busy moment) are each sent, late, in order: no slot is lost. A backlog that
+reaches further back (beat was down, or the schedule was re-enabled) follows the
+schedule's policy as a whole: `skip` (the default, as cron does) sends none of it and
+waits for the next slot, `once` sends one run for all of it. Never a burst of old slots.
 """
 
 from __future__ import annotations
@@ -360,6 +361,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             entry = self._entries[pk]
             if entry.last_run_at is None or mark > entry.last_run_at:
                 entry.last_run_at = mark
+                self._writes.setdefault(pk, (mark, 0))  # the database learns what was sent
                 if entry.one_off:
                     self._finish_one_off(entry, mark)
                     continue
@@ -416,7 +418,12 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         if entry.one_off:
             self._finish_one_off(entry, send.slot)
             return
-        self._move_on(entry, send.slot, now)
+        if (now - send.slot).total_seconds() > self.grace:  # catch-up `once`: one run for the whole backlog
+            self._move_on(entry, send.slot, now)
+            return
+        table = self._tables.get(entry.table_key)  # within the grace every slot goes, late, in order
+        entry.next_slot = table.slot_after(send.slot) if table else None
+        self._push(entry)
 
     def _finish_one_off(self, entry: Entry, slot: dt.datetime) -> None:
         """A one-off schedule is disabled once sent (django-celery-beat's rule), with its

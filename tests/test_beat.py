@@ -237,13 +237,25 @@ def test_it_follows_the_catch_up_policy_for_a_missed_slot(
     beat.close()
 
 
-def test_a_long_outage_never_ends_in_a_burst(sent: list[dict[str, Any]]) -> None:
-    task = schedule("every second", 1, ago=45)  # 44 slots missed, all within the grace
+def test_it_sends_each_slot_missed_within_the_grace_once_in_order(sent: list[dict[str, Any]]) -> None:
+    task = schedule("every second", 1, ago=4.5)  # a failover: 4 slots fell due meanwhile
     beat = started()
-    beat.tick()
-    assert len(sent) == 1  # the missed slots folded into one send
-    assert beat.schedule["every second"].next_slot > timezone.now()  # type: ignore[operator]
-    assert task.pk in beat._entries
+    while beat._due and beat._due[0][0] <= timezone.now().timestamp():
+        beat.tick()
+    slots = [dt.datetime.fromisoformat(h["scheduled_for"]) for h in sent]
+    assert slots == [task.last_run_at + dt.timedelta(seconds=n) for n in range(1, 5)]
+    beat.close()
+
+
+@pytest.mark.parametrize(("catch_up", "sends"), [("skip", 0), ("once", 1)])
+def test_a_long_outage_never_ends_in_a_burst(sent: list[dict[str, Any]], catch_up: str, sends: int) -> None:
+    task = schedule("every second", 1, ago=300)  # 299 slots missed, most beyond the grace
+    SchedulePolicy.objects.create(periodic_task=task, catch_up=catch_up)
+    beat = started()
+    for _ in range(3):
+        beat.tick()
+    assert len(sent) == sends
+    assert beat.schedule["every second"].next_slot > timezone.now() - dt.timedelta(seconds=1)  # type: ignore[operator]
     beat.close()
 
 
