@@ -28,8 +28,10 @@ waits for the next slot, `once` sends one run for all of it. Never a burst of ol
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import heapq
 import itertools
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -40,7 +42,8 @@ import redis
 from celery.schedules import schedstate
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections
-from django.db.models import Count, F, Q, Sum
+from django.db.models import BigIntegerField, BooleanField, CharField, ExpressionWrapper, F, Q, QuerySet, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_celery_beat.models import (
     ClockedSchedule,
@@ -68,18 +71,41 @@ SHARED_MODELS = {
 }
 ROW_FIELDS = (
     "id", "name", "task", "args", "kwargs", "queue", "exchange", "routing_key", "priority",
-    "expire_seconds", "expires", "headers", "one_off", "start_time", "last_run_at", "total_run_count",
-    "date_changed", "interval_id", "crontab_id", "solar_id", "clocked_id",
+    "expire_seconds", "expires", "headers", "one_off", "start_time", "total_run_count",
+    "interval_id", "crontab_id", "solar_id", "clocked_id",
     *(f"policy__{name}" for name in POLICY_FIELDS),
+    "anchor", "never_run",  # last_run_at, or date_changed for a schedule that never ran: one timestamp to parse
 )  # fmt: skip
+
+
+def rows(tasks: QuerySet[PeriodicTask]) -> QuerySet[Any]:
+    anchor = Coalesce("last_run_at", "date_changed")
+    never_run = ExpressionWrapper(Q(last_run_at__isnull=True), output_field=BooleanField())
+    return tasks.annotate(anchor=anchor, never_run=never_run).values_list(*ROW_FIELDS)
+
+
 GAP_PATIENCE = 30.0  # seconds a missing change-log id may still turn up (a transaction not yet committed)
 CHANGE_LOG_RETENTION = dt.timedelta(hours=1)  # a beat that was away longer starts with a full load anyway
 PRUNE_EVERY = 300.0  # seconds between two prunings of the change log by the leader
+BUMP = "bump"  # the PeriodicTasks timestamp's row in _read_changes
+BUMP_WINDOW = dt.timedelta(seconds=1)  # a save's change-log row follows its bump by less
 
 
 def task_policy(app: Any, task_name: str) -> RunPolicy:
     task = app.tasks.get(task_name)
     return getattr(task, "policy", None) or RunPolicy()
+
+
+class Policies(dict[str, RunPolicy]):
+    """Each task's own policy, looked up once per load."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__()
+        self.app = app
+
+    def __missing__(self, task_name: str) -> RunPolicy:
+        self[task_name] = policy = task_policy(self.app, task_name)
+        return policy
 
 
 @dataclass(eq=False)
@@ -132,11 +158,11 @@ class Entry:
         return options
 
 
-def entry_from_row(row: tuple[Any, ...], app: Any) -> Entry:
+def entry_from_row(row: tuple[Any, ...], app: Any, policies: Policies | None = None) -> Entry:
     values = dict(zip(ROW_FIELDS, row, strict=True))
     overrides = {name: values[f"policy__{name}"] for name in POLICY_FIELDS}
     overrides = {name: value for name, value in overrides.items() if value not in (None, "")}
-    base = task_policy(app, values["task"])
+    base = (policies or Policies(app))[values["task"]]
     try:
         policy = base.with_overrides(overrides) if overrides else base
     except ValueError as exc:  # a bad row never stops beat: the task's own policy applies
@@ -155,9 +181,9 @@ def entry_from_row(row: tuple[Any, ...], app: Any) -> Entry:
         one_off=values["one_off"],
         start_time=values["start_time"],
         expires=values["expires"],
-        last_run_at=values["last_run_at"],
+        last_run_at=None if values["never_run"] else values["anchor"],
         total_run_count=values["total_run_count"],
-        date_changed=values["date_changed"],
+        date_changed=values["anchor"],
         app=app,
     )
 
@@ -174,7 +200,7 @@ def message_options(values: dict[str, Any], overrides: dict[str, Any], policy: R
     options = {key: values[key] for key in ("queue", "exchange", "routing_key", "priority") if values[key] is not None}
     if values["expires"] or values["expire_seconds"]:
         options["expires"] = values["expires"] or values["expire_seconds"]
-    options["headers"] = {**loads(values["headers"] or "{}"), "periodic_task_name": values["name"]}
+    options["headers"] = {**json.loads(values["headers"] or "{}"), "periodic_task_name": values["name"]}
     if "soft_time_limit" in overrides or "time_limit" in overrides:
         options["soft_time_limit"], options["time_limit"] = policy.soft_time_limit, policy.time_limit
     return options
@@ -202,6 +228,8 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         self._gaps: dict[int, float] = {}
         self._changes_ts: dt.datetime | None = None
         self._invalid: set[int] = set()  # enabled rows that cannot run (logged once per change)
+        self._unexplained: dt.datetime | None = None  # a PeriodicTasks bump waiting for its log row
+        self._policies: Policies  # set by load_all, before any entry is made
         self._next_housekeeping = 0.0
         self._next_prune = 0.0
         self._last_flush = time.monotonic()
@@ -213,6 +241,10 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         self.ledger = leader.SlotLedger(self.lease)
         super().__init__(*args, **kwargs)
         self.max_interval = min(self.max_interval, self.check_interval)
+        # A task-sent event is a second publish per run (kombu's Redis transport takes a
+        # client per publish): without it beat sends about a third more per second. Workers
+        # still report received / started / succeeded, so Flower shows every run.
+        self.app.conf.task_send_sent_event = False
 
     # --- loading --------------------------------------------------------------------
 
@@ -229,14 +261,19 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
 
     def load_all(self) -> None:
         started = time.perf_counter()
-        close_old_connections()
         self._change_id = ScheduleChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
         self._changes_ts = PeriodicTasks.last_change()
         self._tables = {}
         self._load_tables(SHARED_MODELS.items())
         self._entries, self._users, self._due, self._invalid = {}, {}, [], set()
-        for row in PeriodicTask.objects.filter(enabled=True).values_list(*ROW_FIELDS).iterator(chunk_size=5000):
-            self._add(row)
+        self._policies = Policies(self.app)
+        gc.disable()  # a load allocates many long-lived objects: collecting meanwhile finds nothing
+        try:
+            for row in rows(PeriodicTask.objects.filter(enabled=True)).iterator(chunk_size=5000):
+                self._add(row)
+        finally:
+            gc.enable()
+        gc.freeze()  # and they stay: keep them out of later collections
         self._rebuild_heap()
         logger.info("beat loaded %d schedules in %.2fs", len(self._entries), time.perf_counter() - started)
 
@@ -251,7 +288,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
 
     def _add(self, row: tuple[Any, ...]) -> Entry | None:
         try:
-            entry = entry_from_row(row, self.app)
+            entry = entry_from_row(row, self.app, self._policies)
         except (slots.InvalidSchedule, ValueError) as exc:
             logger.error("schedule %r cannot run: %s; fix it in the admin", row[1], exc)
             self._remove(row[0])  # its previous, valid version stops too: it no longer says what runs
@@ -366,7 +403,8 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
                     self._finish_one_off(entry, mark)
                     continue
                 self._plan(entry)
-        self._rebuild_heap()
+        if marks:
+            self._rebuild_heap()
 
     # --- dispatch -------------------------------------------------------------------------
 
@@ -464,20 +502,30 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
     # --- changes and writes -------------------------------------------------------------------
 
     def apply_changes(self) -> None:
-        close_old_connections()
-        rows = list(
-            ScheduleChange.objects.filter(Q(id__gt=self._change_id) | Q(id__in=list(self._gaps)))
-            .order_by("id")
-            .values_list("id", "kind", "object_id")
-        )
+        rows, bumped = self._read_changes()
         self._track_gaps([row[0] for row in rows])
-        tasks = {object_id for _, kind, object_id in rows if kind == ScheduleChange.TASK}
-        shared = {(kind, object_id) for _, kind, object_id in rows if kind != ScheduleChange.TASK}
+        tasks = {object_id for _, kind, object_id, _ in rows if kind == ScheduleChange.TASK}
+        shared = {(kind, object_id) for _, kind, object_id, _ in rows if kind != ScheduleChange.TASK}
         if shared:
             self._reload_tables(shared)
         if tasks:
             self._reload_tasks(tasks)
-        self._reconcile_enabled()
+        if self._bulk_update_seen(bumped, [at for *_, at in rows]):
+            logger.info("schedules were changed in bulk, with no change log: reloading all of them")
+            self.load_all()
+            if self.lease.is_leader:
+                self._take_over()
+
+    def _read_changes(self) -> tuple[list[tuple[int, str, int, dt.datetime]], dt.datetime | None]:
+        """The new change-log rows, and django-celery-beat's `PeriodicTasks` timestamp, in one query."""
+        wanted = Q(id__gt=self._change_id) | Q(id__in=list(self._gaps))
+        changes = ScheduleChange.objects.filter(wanted).values_list("id", "kind", "object_id", "at")
+        bump = PeriodicTasks.objects.filter(ident=1).values_list(
+            Value(0, BigIntegerField()), Value(BUMP, CharField()), Value(0, BigIntegerField()), "last_update"
+        )
+        rows = list(changes.union(bump, all=True))
+        bumped = next((at for _, kind, _, at in rows if kind == BUMP), None)
+        return sorted(row for row in rows if row[1] != BUMP), bumped
 
     def _track_gaps(self, ids: list[int]) -> None:
         """Change-log ids are handed out before their transactions commit, so a later id
@@ -497,21 +545,21 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         self._next_prune = time.monotonic() + PRUNE_EVERY
         ScheduleChange.objects.filter(at__lt=timezone.now() - CHANGE_LOG_RETENTION).delete()
 
-    def _reconcile_enabled(self) -> None:
-        """A bump of `PeriodicTasks` with no log row behind it is a bulk update (django-celery-
-        beat's admin enables and disables with `QuerySet.update()`): compare the enabled ids,
-        by count and sum first, and reload the ones that differ."""
-        ts = PeriodicTasks.last_change()
-        if ts is None or (self._changes_ts is not None and ts <= self._changes_ts):
-            return
-        self._changes_ts = ts
-        known = self._entries.keys() | self._invalid
-        enabled = PeriodicTask.objects.filter(enabled=True)
-        figures = enabled.aggregate(count=Count("id"), total=Sum("id"))
-        if figures["count"] == len(known) and (figures["total"] or 0) == sum(known):
-            return
-        ids = set(enabled.values_list("id", flat=True))
-        self._reload_tasks((ids - known) | (known - ids))
+    def _bulk_update_seen(self, bumped: dt.datetime | None, logged: list[dt.datetime]) -> bool:
+        """Every `PeriodicTask.save()` bumps django-celery-beat's `PeriodicTasks` timestamp
+        just before its change-log row is written; its admin's bulk actions bump it after a
+        `QuerySet.update()` that writes no row. A bump that no row explains, still so one
+        check later (the row may commit a moment after the bump), is a bulk update."""
+        if bumped is None or (self._changes_ts is not None and bumped <= self._changes_ts):
+            return False
+        if any(at >= bumped - BUMP_WINDOW for at in logged):
+            self._changes_ts, self._unexplained = bumped, None
+            return False
+        if self._unexplained != bumped:
+            self._unexplained = bumped
+            return False
+        self._changes_ts, self._unexplained = bumped, None
+        return True
 
     def _reload_tables(self, keys: set[tuple[str, int]]) -> None:
         for kind, pk in keys:
@@ -524,7 +572,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
 
     def _reload_tasks(self, pks: set[int]) -> None:
         found = set()
-        for row in PeriodicTask.objects.filter(pk__in=pks, enabled=True).values_list(*ROW_FIELDS):
+        for row in rows(PeriodicTask.objects.filter(pk__in=pks, enabled=True)):
             found.add(row[0])
             entry = self._add(row)
             if entry is not None:

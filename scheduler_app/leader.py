@@ -157,6 +157,8 @@ class SlotLedger:
         """The last slot sent of each schedule that has one."""
         pks = list(pks)
         found: dict[int, dt.datetime] = {}
+        if not self.lease.client.exists(MARKS_KEY):
+            return found
         for start in range(0, len(pks), 10_000):
             chunk = pks[start : start + 10_000]
             for pk, value in zip(chunk, self.lease.client.hmget(MARKS_KEY, chunk), strict=True):
@@ -172,8 +174,10 @@ class SlotLedger:
 
 def beat(client: redis.Redis, node: str, facts: dict[str, Any]) -> None:
     """Record this beat's last tick (and the leader's facts)."""
-    client.hset(HEARTBEAT_KEY, node, json.dumps({**facts, "node": node, "at": time.time()}))
-    client.expire(HEARTBEAT_KEY, HEARTBEAT_TTL)
+    with client.pipeline(transaction=False) as pipe:  # one round trip
+        pipe.hset(HEARTBEAT_KEY, node, json.dumps({**facts, "node": node, "at": time.time()}))
+        pipe.expire(HEARTBEAT_KEY, HEARTBEAT_TTL)
+        pipe.execute()
 
 
 def heartbeat(client: redis.Redis | None = None) -> dict[str, Any]:

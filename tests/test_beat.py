@@ -162,18 +162,31 @@ def test_it_follows_an_edit_of_a_shared_crontab() -> None:
     beat.close()
 
 
-def test_it_follows_a_bulk_enable_or_disable_from_the_stock_admin() -> None:
-    a, b = schedule("bulk a", ago=1), schedule("bulk b", ago=1)
+def test_it_follows_a_bulk_update_from_the_stock_admin_with_a_full_reload() -> None:
+    a, b = schedule("bulk a", 30, ago=1), schedule("bulk b", 30, ago=1)
+    seven = interval(7)
     beat = started()
     PeriodicTask.objects.filter(pk=a.pk).update(enabled=False)  # django-celery-beat's admin action
+    PeriodicTask.objects.filter(pk=b.pk).update(interval=seven)
     PeriodicTasks.update_changed()
+    beat.housekeeping()  # the bump's change-log row may be a moment late: one more check
+    assert sorted(beat.schedule) == ["bulk a", "bulk b"]
     beat.housekeeping()
     assert sorted(beat.schedule) == ["bulk b"]
-    PeriodicTask.objects.filter(pk=a.pk).update(enabled=True)
-    PeriodicTasks.update_changed()
+    assert beat.schedule["bulk b"].table_key == ("interval", seven.pk)
+    beat.close()
+
+
+def test_a_saved_edit_is_not_taken_for_a_bulk_update() -> None:
+    edited = schedule("saved", 30, ago=1)
+    beat = started()
+    kept = beat._entries[edited.pk]
+    edited.interval = interval(9)
+    edited.save()  # bumps PeriodicTasks and writes its change-log row
     beat.housekeeping()
-    assert sorted(beat.schedule) == ["bulk a", "bulk b"]
-    assert b.pk in beat._entries
+    beat.housekeeping()
+    assert beat._entries[edited.pk] is not kept and beat._entries[edited.pk].table_key[0] == "interval"
+    assert beat._unexplained is None and beat._changes_ts == PeriodicTasks.last_change()
     beat.close()
 
 
