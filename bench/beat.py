@@ -24,8 +24,9 @@ Each contender runs each part in a fresh process (peak RSS is ru_maxrss):
 - main: start-up (construct + first tick; ours takes the Redis lease there), idle ticks
   (stock: back to back, each with its `schedule_changed()` check; ours: ticks without
   housekeeping back to back, and ticks with it the way beat runs them, sleeping what the
-  tick returns), then reload after one edit (`PeriodicTask.save()` of another interval:
-  stock's next tick, which rebuilds; ours' `housekeeping()`), peak RSS at the end;
+  tick returns: its Redis part and, half a second later, its database part), then reload
+  after one edit (`PeriodicTask.save()` of another interval: stock's next tick, which
+  rebuilds; ours' `housekeeping()`), peak RSS at the end;
 - dispatch: D rows made due (interval 10 min, last_run_at 605 s ago) just before
   construction; the time from the first tick to the D-th publish to Redis, counted with
   `before_task_publish` (stock sends one per tick; a time budget bounds its run);
@@ -132,6 +133,9 @@ ROWS = (  # label, figure
     ("  RSS before start-up MB", "main.baseline_rss_mb"),
     ("idle tick ms", "main.idle_tick_ms"),
     ("idle tick ms (housekeeping)", "main.idle_tick_housekeeping_ms"),
+    ("  its Redis part, median ms", "main.idle_tick_redis_part_ms"),
+    ("  its database part, median ms", "main.idle_tick_database_part_ms"),
+    ("  slowest housekeeping tick ms", "main.idle_tick_housekeeping_max_ms"),
     ("reload after edit ms", "main.reload_ms"),
     ("dispatch tasks/s", "dispatch.dispatch_rate"),
     ("  dispatch: sent", "dispatch.sent"),
@@ -264,22 +268,38 @@ def idle_ticks_stock(scheduler: Any, count: int = 30, budget: float = 20.0) -> d
     return {"idle_tick_ms": median(times) * 1000, "idle_ticks": len(times)}
 
 
-def idle_ticks_ours(scheduler: Any, plain_count: int = 2000, housekeeping_count: int = 10) -> dict[str, float]:
-    plain, housekeeping = [], []
-    for _ in range(plain_count):  # back to back: only a tick that crosses the check interval housekeeps
-        before = scheduler._next_housekeeping
-        spent = timed(scheduler.tick)
-        (housekeeping if scheduler._next_housekeeping != before else plain).append(spent)
-    pause = 0.0
-    while len(housekeeping) < housekeeping_count:  # as beat runs it: sleep what the tick asks for
-        time.sleep(pause)
-        before = scheduler._next_housekeeping
+def idle_ticks_ours(scheduler: Any, plain_count: int = 2000, housekeeping_count: int = 20) -> dict[str, float]:
+    """Ours spreads its once-a-second housekeeping over two ticks (Redis, then the database
+    half a second later): a tick that ran either part counts as a housekeeping tick."""
+    plain: list[float] = []
+    housekeeping: dict[str, list[float]] = {"redis": [], "database": []}
+
+    def one_tick() -> float:
+        before = (scheduler._next_housekeeping, scheduler._next_database)
         started = time.perf_counter()
         pause = scheduler.tick()
-        (housekeeping if scheduler._next_housekeeping != before else plain).append(time.perf_counter() - started)
+        spent = time.perf_counter() - started
+        if scheduler._next_housekeeping != before[0]:
+            housekeeping["redis"].append(spent)
+        elif scheduler._next_database != before[1]:
+            housekeeping["database"].append(spent)
+        else:
+            plain.append(spent)
+        return float(pause)
+
+    for _ in range(plain_count):  # back to back: only a tick that crosses a deadline housekeeps
+        one_tick()
+    pause = 0.0
+    while min(map(len, housekeeping.values())) < housekeeping_count:  # as beat runs: sleep what it asks
+        time.sleep(pause)
+        pause = one_tick()
+    both = housekeeping["redis"] + housekeeping["database"]
     return {
         "idle_tick_ms": median(plain) * 1000,
-        "idle_tick_housekeeping_ms": median(housekeeping) * 1000,
+        "idle_tick_housekeeping_ms": median(both) * 1000,
+        "idle_tick_housekeeping_max_ms": max(both) * 1000,
+        "idle_tick_redis_part_ms": median(housekeeping["redis"]) * 1000,
+        "idle_tick_database_part_ms": median(housekeeping["database"]) * 1000,
         "idle_ticks": len(plain),
     }
 

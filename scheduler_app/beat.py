@@ -231,6 +231,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         self._unexplained: dt.datetime | None = None  # a PeriodicTasks bump waiting for its log row
         self._policies: Policies  # set by load_all, before any entry is made
         self._next_housekeeping = 0.0
+        self._next_database = 0.0
         self._next_prune = 0.0
         self._last_flush = time.monotonic()
         self._lag = 0.0
@@ -340,13 +341,17 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
     # --- the tick -----------------------------------------------------------------------
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        if time.monotonic() >= self._next_housekeeping:
-            self.housekeeping()
+        now_monotonic = time.monotonic()
+        if now_monotonic >= self._next_housekeeping:
+            self.redis_housekeeping()
+            self._next_database = max(self._next_database, now_monotonic + self.check_interval / 2)
+        elif now_monotonic >= self._next_database:
+            self.database_housekeeping()
         if self._unsent:  # claimed but not sent (the broker was down): ours to send, leader or not
             unsent, self._unsent = self._unsent, []
             self._publish(unsent)
         if not self.lease.is_leader:
-            return self.check_interval
+            return max(0.0, min(self._next_housekeeping, self._next_database) - time.monotonic())
         now = timezone.now()
         due = self._pop_due(now.timestamp())
         if due:
@@ -354,7 +359,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         return self._sleep_for()
 
     def _sleep_for(self) -> float:
-        until_housekeeping = self._next_housekeeping - time.monotonic()
+        until_housekeeping = min(self._next_housekeeping, self._next_database) - time.monotonic()
         if not self._due:
             return max(0.0, until_housekeeping)
         until_due = self._due[0][0] - time.time()
@@ -370,9 +375,13 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         return due
 
     def housekeeping(self) -> None:
-        """Once a second: the lease, the heartbeat, the batched writes, the change log.
-        The database and Redis fail independently: without the database a leader keeps
-        its lease and goes on sending; without Redis nobody can send."""
+        """The lease and heartbeat (Redis), then the writes and the change log (database)."""
+        self.redis_housekeeping()
+        self.database_housekeeping()
+
+    def redis_housekeeping(self) -> None:
+        """Once a second: renew or take the lease, say we are alive. Without Redis nobody
+        can send; without the database (below) a leader keeps its lease and goes on."""
         self._next_housekeeping = time.monotonic() + self.check_interval
         try:
             was_leader = self.lease.is_leader
@@ -381,6 +390,11 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             self._heartbeat()
         except redis.RedisError as exc:
             logger.warning("beat cannot reach Redis, trying again in %.0fs: %s", self.check_interval, exc)
+
+    def database_housekeeping(self) -> None:
+        """Once a second, half a second after the Redis part (so no tick carries both):
+        write the slots sent, read the change log, prune it."""
+        self._next_database = time.monotonic() + self.check_interval
         try:
             self.flush()  # first: a one-off just sent is disabled before changes are compared
             self.apply_changes()

@@ -331,7 +331,9 @@ def test_the_leader_prunes_the_change_log_but_keeps_the_last_hour() -> None:
 
     old, recent = schedule("old edit", ago=1), schedule("recent edit", ago=1)
     ScheduleChange.objects.filter(object_id=old.pk).update(at=timezone.now() - dt.timedelta(hours=2))
-    started().close()
+    beat = started()
+    beat.housekeeping()
+    beat.close()
     left = set(ScheduleChange.objects.values_list("object_id", flat=True))
     assert recent.pk in left and old.pk not in left
 
