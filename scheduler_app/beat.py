@@ -28,6 +28,7 @@ waits for the next slot, `once` sends one run for all of it. Never a burst of ol
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gc
 import heapq
 import itertools
@@ -41,7 +42,7 @@ from typing import Any
 import redis
 from celery.schedules import schedstate
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, close_old_connections
+from django.db import DatabaseError, InterfaceError, close_old_connections, connection
 from django.db.models import BigIntegerField, BooleanField, CharField, ExpressionWrapper, F, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -89,6 +90,25 @@ CHANGE_LOG_RETENTION = dt.timedelta(hours=1)  # a beat that was away longer star
 PRUNE_EVERY = 300.0  # seconds between two prunings of the change log by the leader
 BUMP = "bump"  # the PeriodicTasks timestamp's row in _read_changes
 BUMP_WINDOW = dt.timedelta(seconds=1)  # a save's change-log row follows its bump by less
+
+
+@functools.lru_cache(maxsize=64)
+def changes_query(gaps: int) -> tuple[str, tuple[Any, ...]]:
+    """The SQL of `_read_changes` for that many gap ids, compiled once (the ORM's compiling
+    cost more than the query itself, once a second)."""
+    wanted = Q(id__gt=0) | Q(id__in=[0] * gaps) if gaps else Q(id__gt=0)
+    changes = ScheduleChange.objects.filter(wanted).values_list("id", "kind", "object_id", "at")
+    bump = PeriodicTasks.objects.filter(ident=1).values_list(
+        Value(0, BigIntegerField()), Value(BUMP, CharField()), Value(0, BigIntegerField()), "last_update"
+    )
+    return changes.union(bump, all=True).query.sql_with_params()
+
+
+def aware(moment: dt.datetime | str | None) -> dt.datetime | None:
+    """A timestamp read with raw SQL: SQLite gives naive UTC (or text), PostgreSQL aware."""
+    if isinstance(moment, str):
+        moment = dt.datetime.fromisoformat(moment)
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def task_policy(app: Any, task_name: str) -> RunPolicy:
@@ -532,12 +552,11 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
 
     def _read_changes(self) -> tuple[list[tuple[int, str, int, dt.datetime]], dt.datetime | None]:
         """The new change-log rows, and django-celery-beat's `PeriodicTasks` timestamp, in one query."""
-        wanted = Q(id__gt=self._change_id) | Q(id__in=list(self._gaps))
-        changes = ScheduleChange.objects.filter(wanted).values_list("id", "kind", "object_id", "at")
-        bump = PeriodicTasks.objects.filter(ident=1).values_list(
-            Value(0, BigIntegerField()), Value(BUMP, CharField()), Value(0, BigIntegerField()), "last_update"
-        )
-        rows = list(changes.union(bump, all=True))
+        gaps = list(self._gaps)
+        sql, params = changes_query(len(gaps))
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [self._change_id, *gaps, *params[1 + len(gaps) :]])
+            rows = [(pk, kind, object_id, aware(at)) for pk, kind, object_id, at in cursor.fetchall()]
         bumped = next((at for _, kind, _, at in rows if kind == BUMP), None)
         return sorted(row for row in rows if row[1] != BUMP), bumped
 
