@@ -247,13 +247,11 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         self._change_id = 0
         self._gaps: dict[int, float] = {}
         self._changes_ts: dt.datetime | None = None
-        self._invalid: set[int] = set()  # enabled rows that cannot run (logged once per change)
         self._unexplained: dt.datetime | None = None  # a PeriodicTasks bump waiting for its log row
         self._policies: Policies  # set by load_all, before any entry is made
         self._next_housekeeping = 0.0
         self._next_database = 0.0
         self._next_prune = 0.0
-        self._last_flush = time.monotonic()
         self._lag = 0.0
         self._sent = 0
         self.grace = float(settings.BEAT_CATCH_UP_GRACE_SECONDS)
@@ -286,7 +284,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         self._changes_ts = PeriodicTasks.last_change()
         self._tables = {}
         self._load_tables(SHARED_MODELS.items())
-        self._entries, self._users, self._due, self._invalid = {}, {}, [], set()
+        self._entries, self._users, self._due = {}, {}, []
         self._policies = Policies(self.app)
         gc.disable()  # a load allocates many long-lived objects: collecting meanwhile finds nothing
         try:
@@ -313,9 +311,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         except (slots.InvalidSchedule, ValueError) as exc:
             logger.error("schedule %r cannot run: %s; fix it in the admin", row[1], exc)
             self._remove(row[0])  # its previous, valid version stops too: it no longer says what runs
-            self._invalid.add(row[0])
             return None
-        self._invalid.discard(entry.pk)
         old = self._entries.get(entry.pk)
         if old is not None:
             self._forget(old)
@@ -612,7 +608,6 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
                 self._push(entry)
         for pk in pks - found:
             self._remove(pk)
-            self._invalid.discard(pk)
         gone = pks - set(PeriodicTask.objects.filter(pk__in=pks).values_list("pk", flat=True))
         if gone and self.lease.is_leader:
             self.ledger.forget(gone)
@@ -632,7 +627,6 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
                 self._writes[pk] = (max(slot, newer), runs + more)
             self._disable |= disable
             raise
-        self._last_flush = time.monotonic()
 
     def _write(self, dirty: dict[int, tuple[dt.datetime, int]], disable: set[int]) -> None:
         rows = [
