@@ -89,15 +89,14 @@ GAP_PATIENCE = 30.0  # seconds a missing change-log id may still turn up (a tran
 CHANGE_LOG_RETENTION = dt.timedelta(hours=1)  # a beat that was away longer starts with a full load anyway
 PRUNE_EVERY = 300.0  # seconds between two prunings of the change log by the leader
 BUMP = "bump"  # the PeriodicTasks timestamp's row in _read_changes
+CHUNK = 200  # slots claimed, then sent, at a time
 BUMP_WINDOW = dt.timedelta(seconds=1)  # a save's change-log row follows its bump by less
 
 
-@functools.lru_cache(maxsize=64)
-def changes_query(gaps: int) -> tuple[str, tuple[Any, ...]]:
-    """The SQL of `_read_changes` for that many gap ids, compiled once (the ORM's compiling
-    cost more than the query itself, once a second)."""
-    wanted = Q(id__gt=0) | Q(id__in=[0] * gaps) if gaps else Q(id__gt=0)
-    changes = ScheduleChange.objects.filter(wanted).values_list("id", "kind", "object_id", "at")
+@functools.cache
+def changes_query() -> tuple[str, tuple[Any, ...]]:
+    """The SQL of `_read_changes`, compiled once (compiling it cost more than running it)."""
+    changes = ScheduleChange.objects.filter(id__gt=0).values_list("id", "kind", "object_id", "at")
     bump = PeriodicTasks.objects.filter(ident=1).values_list(
         Value(0, BigIntegerField()), Value(BUMP, CharField()), Value(0, BigIntegerField()), "last_update"
     )
@@ -243,6 +242,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         self._seq = itertools.count()
         self._writes: dict[int, tuple[dt.datetime, int]] = {}  # pk -> (last_run_at, runs to add)
         self._disable: set[int] = set()
+        self._unmark: set[int] = set()  # clocked one-offs whose mark goes once they are disabled
         self._unsent: list[Send] = []
         self._change_id = 0
         self._gaps: dict[int, float] = {}
@@ -279,20 +279,26 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         return {entry.name: entry for entry in self._entries.values()}
 
     def load_all(self) -> None:
+        """Load every enabled schedule. A database error part-way keeps what was loaded
+        before (and the change-log position), so nothing is half-loaded."""
         started = time.perf_counter()
-        self._change_id = ScheduleChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
-        self._changes_ts = PeriodicTasks.last_change()
-        self._tables = {}
-        self._load_tables(SHARED_MODELS.items())
-        self._entries, self._users, self._due = {}, {}, []
+        change_id = ScheduleChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        changes_ts = PeriodicTasks.last_change()
+        before = (self._tables, self._entries, self._users, self._due)
+        self._tables, self._entries, self._users, self._due = {}, {}, {}, []
         self._policies = Policies(self.app)
         gc.disable()  # a load allocates many long-lived objects: collecting meanwhile finds nothing
         try:
+            self._load_tables(SHARED_MODELS.items())
             for row in rows(PeriodicTask.objects.filter(enabled=True)).iterator(chunk_size=5000):
                 self._add(row)
+        except BaseException:
+            self._tables, self._entries, self._users, self._due = before
+            raise
         finally:
             gc.enable()
         gc.freeze()  # and they stay: keep them out of later collections
+        self._change_id, self._changes_ts, self._gaps = change_id, changes_ts, {}
         self._rebuild_heap()
         logger.info("beat loaded %d schedules in %.2fs", len(self._entries), time.perf_counter() - started)
 
@@ -302,13 +308,13 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             for row in rows:
                 try:
                     self._tables[(kind, row.pk)] = slots.timetable(row)
-                except (slots.InvalidSchedule, ValueError, KeyError) as exc:
+                except Exception as exc:  # noqa: BLE001  (one bad row never stops beat)
                     logger.error("%s schedule %s is invalid and its schedules will not run: %s", kind, row.pk, exc)
 
     def _add(self, row: tuple[Any, ...]) -> Entry | None:
         try:
             entry = entry_from_row(row, self.app, self._policies)
-        except (slots.InvalidSchedule, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001  (one bad row never stops beat)
             logger.error("schedule %r cannot run: %s; fix it in the admin", row[1], exc)
             self._remove(row[0])  # its previous, valid version stops too: it no longer says what runs
             return None
@@ -343,7 +349,8 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             self._push(entry)
 
     def _push(self, entry: Entry) -> None:
-        if entry.next_slot is not None:
+        """Only the leader keeps the heap up to date; a new leader rebuilds it (_take_over)."""
+        if entry.next_slot is not None and self.lease.is_leader:
             heapq.heappush(self._due, (entry.next_slot.timestamp(), next(self._seq), entry.pk, entry.version))
 
     def _rebuild_heap(self) -> None:
@@ -406,6 +413,8 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             self._heartbeat()
         except redis.RedisError as exc:
             logger.warning("beat cannot reach Redis, trying again in %.0fs: %s", self.check_interval, exc)
+        except Exception:  # noqa: BLE001  (beat keeps ticking; the log says what went wrong)
+            logger.exception("beat housekeeping (Redis part) failed; trying again in %.0fs", self.check_interval)
 
     def database_housekeeping(self) -> None:
         """Once a second, half a second after the Redis part (so no tick carries both):
@@ -419,6 +428,8 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         except (DatabaseError, InterfaceError) as exc:
             logger.warning("beat cannot reach the database, trying again in %.0fs: %s", self.check_interval, exc)
             close_old_connections()
+        except Exception:  # noqa: BLE001  (beat keeps ticking; the log says what went wrong)
+            logger.exception("beat housekeeping (database part) failed; trying again in %.0fs", self.check_interval)
 
     def _take_over(self) -> None:
         """Becoming the leader: start from the last slot sent of each schedule, which the
@@ -433,28 +444,56 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
                     self._finish_one_off(entry, mark)
                     continue
                 self._plan(entry)
-        if marks:
-            self._rebuild_heap()
+        self._rebuild_heap()
 
     # --- dispatch -------------------------------------------------------------------------
 
     def _dispatch(self, due: list[Entry], now: dt.datetime) -> None:
-        sends = [send for entry in due if (send := self._decide(entry, now)) is not None]
+        """Claim and send in chunks, renewing the lease between them: a long dispatch keeps
+        its leadership, and a beat stopped mid-way has claimed no more than it sent."""
+        for start in range(0, len(due), CHUNK):
+            chunk = due[start : start + CHUNK]
+            if (start and not self._still_leading()) or not self._dispatch_chunk(chunk, now):
+                for entry in due[start:]:  # not decided: as they were, for whoever leads
+                    self._push(entry)
+                return
+
+    def _still_leading(self) -> bool:
+        if time.monotonic() < self._next_housekeeping - self.check_interval / 2:
+            return self.lease.is_leader
+        try:
+            self.redis_housekeeping()
+        except Exception:  # noqa: BLE001
+            logger.exception("beat could not renew its lease mid-dispatch")
+        return self.lease.is_leader
+
+    def _dispatch_chunk(self, due: list[Entry], now: dt.datetime) -> bool:
+        sends = [send for entry in due if (send := self._decide_safely(entry, now)) is not None]
         try:
             granted = self.ledger.claim([(s.entry.pk, s.slot) for s in sends])
         except leader.NotLeader:
             logger.warning("beat %s lost the lease before sending; the new leader sends these", self.lease.node)
             self.lease.release()
-            return
+            self._requeue(sends)
+            return False
         except redis.RedisError as exc:
             logger.warning("beat cannot claim %d due slots (Redis: %s); trying again", len(sends), exc)
             self._requeue(sends)
-            return
+            return False
         claimed = []
         for send, ok in zip(sends, granted, strict=True):
             self._advance(send, now, ran=ok)  # not granted: another beat sent this slot already
             claimed += [send] if ok else []
         self._publish(claimed)
+        return True
+
+    def _decide_safely(self, entry: Entry, now: dt.datetime) -> Send | None:
+        try:
+            return self._decide(entry, now)
+        except Exception:  # noqa: BLE001  (one schedule's fault never stops the others)
+            logger.exception("schedule %s cannot be planned; it will not run until it is edited", entry.name)
+            entry.next_slot = None
+            return None
 
     def _decide(self, entry: Entry, now: dt.datetime) -> Send | None:
         """What to send for a due entry: its slot, or nothing (expired, or a missed slot
@@ -467,11 +506,14 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         slot = entry.next_slot
         assert slot is not None  # noqa: S101  (only entries with a slot are on the heap)
         late = (now - slot).total_seconds()
-        if late > self.grace and entry.policy.catch_up == "skip" and entry.table_key[0] != "clocked":
+        if late <= self.grace or entry.table_key[0] == "clocked":
+            return Send(entry, slot)
+        if entry.policy.catch_up == "skip":
             logger.info("skipping a missed slot of %s (%s, %.0fs late; catch-up is 'skip')", entry.name, slot, late)
             self._move_on(entry, slot, now)
             return None
-        return Send(entry, slot)
+        table = self._tables[entry.table_key]  # `once`: one run, as the backlog's latest slot, so it stays one
+        return Send(entry, slots.latest_until(table, slot, now))
 
     def _move_on(self, entry: Entry, slot: dt.datetime, now: dt.datetime) -> None:
         table = self._tables.get(entry.table_key)
@@ -498,6 +540,8 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         run count reset so that enabling it again runs it once more."""
         self._disable.add(entry.pk)
         self._writes[entry.pk] = (slot, 0)
+        if entry.table_key[0] == "clocked":  # its one slot is sent again if it is enabled again
+            self._unmark.add(entry.pk)
         self._remove(entry.pk)
 
     def _requeue(self, sends: list[Send]) -> None:
@@ -506,22 +550,34 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             self._push(send.entry)
 
     def _publish(self, sends: list[Send]) -> None:
+        """Send what was claimed. Stopped by SIGTERM mid-way (Celery raises SystemExit), it
+        first sends the rest of what it claimed: those slots are no other beat's to send."""
         if not sends:
             return
-        worst = 0.0
+        worst, stopping = 0.0, None
         with self.app.producer_or_acquire() as producer:
             for send in sends:
-                if self._send_one(send, producer):
-                    worst = max(worst, (timezone.now() - send.slot).total_seconds())
+                try:
+                    if self._send_one(send, producer):
+                        worst = max(worst, (timezone.now() - send.slot).total_seconds())
+                except (SystemExit, KeyboardInterrupt) as exc:  # the interrupted one may have gone: not again
+                    stopping = exc
         self._lag = worst
         self._sent += len(sends)
+        if stopping is not None:
+            raise stopping
 
     def _send_one(self, send: Send, producer: Any) -> bool:
         entry = send.entry
         try:
-            self.app.send_task(
-                entry.task, entry.args, entry.kwargs, producer=producer, **entry.message_options(send.slot)
+            args, kwargs = entry.args, entry.kwargs
+        except ValueError as exc:  # not the broker's fault: trying again would not help
+            logger.error(
+                "schedule %s has arguments that are not JSON (%s): not sent; fix it in the admin", entry.name, exc
             )
+            return False
+        try:
+            self.app.send_task(entry.task, args, kwargs, producer=producer, **entry.message_options(send.slot))
         except Exception as exc:  # noqa: BLE001  (a failed send must not stop the others)
             logger.error("could not send %s for %s: %r; trying again", entry.name, send.slot.isoformat(), exc)
             self._unsent.append(send)
@@ -532,27 +588,35 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
     # --- changes and writes -------------------------------------------------------------------
 
     def apply_changes(self) -> None:
+        """Reload what the change log names. The log position moves on only once the
+        reloads succeeded, so a database error mid-way means the same rows next time."""
         rows, bumped = self._read_changes()
-        self._track_gaps([row[0] for row in rows])
-        tasks = {object_id for _, kind, object_id, _ in rows if kind == ScheduleChange.TASK}
-        shared = {(kind, object_id) for _, kind, object_id, _ in rows if kind != ScheduleChange.TASK}
+        tasks = {object_id for _, kind, object_id, _ in rows if kind in (ScheduleChange.TASK, ScheduleChange.BEAT)}
+        shared = {(kind, object_id) for _, kind, object_id, _ in rows if kind in SHARED_MODELS}
         if shared:
             self._reload_tables(shared)
         if tasks:
             self._reload_tasks(tasks)
-        if self._bulk_update_seen(bumped, [at for *_, at in rows]):
+        self._track_gaps([row[0] for row in rows])
+        edits = [at for _, kind, _, at in rows if kind != ScheduleChange.BEAT]  # beat's own rows explain no bump
+        if self._bulk_update_seen(bumped, edits):
             logger.info("schedules were changed in bulk, with no change log: reloading all of them")
             self.load_all()
             if self.lease.is_leader:
                 self._take_over()
 
     def _read_changes(self) -> tuple[list[tuple[int, str, int, dt.datetime]], dt.datetime | None]:
-        """The new change-log rows, and django-celery-beat's `PeriodicTasks` timestamp, in one query."""
-        gaps = list(self._gaps)
-        sql, params = changes_query(len(gaps))
+        """The new change-log rows (and any still missing from earlier), and django-celery-
+        beat's `PeriodicTasks` timestamp."""
+        now = time.monotonic()
+        self._gaps = {gap: deadline for gap, deadline in self._gaps.items() if deadline > now}
+        sql, params = changes_query()
         with connection.cursor() as cursor:
-            cursor.execute(sql, [self._change_id, *gaps, *params[1 + len(gaps) :]])
+            cursor.execute(sql, [self._change_id, *params[1:]])
             rows = [(pk, kind, object_id, aware(at)) for pk, kind, object_id, at in cursor.fetchall()]
+        if self._gaps:
+            late = ScheduleChange.objects.filter(id__in=list(self._gaps)).values_list("id", "kind", "object_id", "at")
+            rows += list(late)
         bumped = next((at for _, kind, _, at in rows if kind == BUMP), None)
         return sorted(row for row in rows if row[1] != BUMP), bumped
 
@@ -581,7 +645,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         check later (the row may commit a moment after the bump), is a bulk update."""
         if bumped is None or (self._changes_ts is not None and bumped <= self._changes_ts):
             return False
-        if any(at >= bumped - BUMP_WINDOW for at in logged):
+        if any(bumped <= at <= bumped + BUMP_WINDOW for at in logged):
             self._changes_ts, self._unexplained = bumped, None
             return False
         if self._unexplained != bumped:
@@ -627,6 +691,18 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
                 self._writes[pk] = (max(slot, newer), runs + more)
             self._disable |= disable
             raise
+        self._forget_marks()
+
+    def _forget_marks(self) -> None:
+        """Once the database says a clocked one-off is disabled, its mark may go."""
+        done = set(self._unmark)
+        if not done:
+            return
+        try:
+            self.ledger.forget(done)
+        except redis.RedisError:
+            return  # next flush
+        self._unmark -= done
 
     def _write(self, dirty: dict[int, tuple[dt.datetime, int]], disable: set[int]) -> None:
         rows = [
@@ -642,7 +718,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
                 if slot is not None:
                     fields["last_run_at"] = slot
                 PeriodicTask.objects.filter(pk=pk).update(**fields)
-            ScheduleChange.objects.bulk_create(ScheduleChange(kind=ScheduleChange.TASK, object_id=pk) for pk in disable)
+            ScheduleChange.objects.bulk_create(ScheduleChange(kind=ScheduleChange.BEAT, object_id=pk) for pk in disable)
 
     def sync(self) -> None:
         try:

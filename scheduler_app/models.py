@@ -109,7 +109,8 @@ class ScheduleChange(models.Model):
     for an hour (`beat.CHANGE_LOG_RETENTION`) and then pruned by the leading beat."""
 
     TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED = "task", "interval", "crontab", "solar", "clocked"
-    KINDS = (TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED)
+    BEAT = "beat"  # a schedule beat itself disabled (one-off sent, expired)
+    KINDS = (TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED, BEAT)
 
     kind = models.CharField(max_length=8, choices=[(k, k) for k in KINDS])
     object_id = models.BigIntegerField()

@@ -55,13 +55,16 @@ class Interval:
         steps = math.floor((now - last).total_seconds() / self.seconds) + 1
         return last + dt.timedelta(seconds=self.seconds * max(1, steps))
 
+    def latest_until(self, slot: dt.datetime, now: dt.datetime) -> dt.datetime:
+        return self.slot_following(slot, now) - dt.timedelta(seconds=self.seconds)
+
 
 @dataclass
 class Cron:
     expression: str  # minute hour day-of-month month day-of-week
     zone: str
     _tz: ZoneInfo = field(init=False, repr=False)
-    _memo: dict[dt.datetime, dt.datetime] = field(default_factory=dict, init=False, repr=False)
+    _memo: dict[dt.datetime, dt.datetime | None] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._tz = ZoneInfo(self.zone)
@@ -79,15 +82,31 @@ class Cron:
         """Slots are whole minutes, so the answer depends only on the minute of `moment`:
         schedules sharing this crontab share the work (memoised per minute)."""
         minute = moment.astimezone(UTC).replace(second=0, microsecond=0)
-        found = self._memo.get(minute)
-        if found is None:
+        if minute not in self._memo:
             if len(self._memo) > 4096:
                 self._memo.clear()
-            found = self._memo[minute] = next(self._iterate(minute), None)
-        return found.astimezone(UTC) if found else None
+            self._memo[minute] = self._first_after(minute)
+        return self._memo[minute]
+
+    def _first_after(self, moment: dt.datetime) -> dt.datetime | None:
+        """cronsim walks local wall time: started inside a repeated hour it may answer with
+        the hour's first pass, an instant before `moment`. Walk on until it is after."""
+        for found in self._iterate(moment):
+            if found.astimezone(UTC) > moment:
+                return found.astimezone(UTC)
+        return None
 
     def slot_following(self, last: dt.datetime, now: dt.datetime) -> dt.datetime | None:
         return self.slot_after(now)
+
+    def latest_until(self, slot: dt.datetime, now: dt.datetime) -> dt.datetime:
+        start = now.astimezone(self._tz).replace(microsecond=0) + dt.timedelta(seconds=1)
+        sim = CronSim(self.expression, start, reverse=True)
+        sim.day_and = True
+        for found in sim:
+            if found.astimezone(UTC) <= now:
+                return max(found.astimezone(UTC), slot)
+        return slot
 
 
 @dataclass(frozen=True)
@@ -129,7 +148,10 @@ def cron_expression(row: CrontabSchedule) -> str:
 def timetable(row: ScheduleRow) -> Timetable:
     """The timetable of a django-celery-beat schedule row."""
     if isinstance(row, IntervalSchedule):
-        return Interval(dt.timedelta(**{row.period: row.every}).total_seconds(), default_zone())
+        seconds = dt.timedelta(**{row.period: row.every}).total_seconds()
+        if seconds <= 0:
+            raise InvalidSchedule(f"an interval must be at least 1 second, not {row.every} {row.period}")
+        return Interval(seconds, default_zone())
     if isinstance(row, CrontabSchedule):
         return Cron(cron_expression(row), str(row.timezone))
     if isinstance(row, SolarSchedule):
@@ -137,6 +159,18 @@ def timetable(row: ScheduleRow) -> Timetable:
     if isinstance(row, ClockedSchedule):
         return Clocked(row.clocked_time.astimezone(UTC), default_zone())
     raise InvalidSchedule(f"not a schedule: {row!r}")
+
+
+def latest_until(table: Timetable, slot: dt.datetime, now: dt.datetime) -> dt.datetime:
+    """The last slot at or before `now`, from `slot` on: the one that stands for a backlog."""
+    if isinstance(table, Interval | Cron):
+        return table.latest_until(slot, now)
+    for _ in range(10_000):
+        following = table.slot_after(slot)
+        if following is None or following > now:
+            break
+        slot = following
+    return slot
 
 
 def default_zone() -> str:
@@ -158,20 +192,15 @@ def first_slot(table: Timetable, *, last_run_at: dt.datetime | None, start_time:
     """The schedule's next slot from what the database says of it.
 
     A schedule that never ran counts from when it was last changed (django-celery-beat's
-    rule); with a start time it runs first at the start time (interval) or at its first
-    slot from then on. A clocked schedule that never ran is due at its moment, however
-    long ago that was."""
+    rule); nothing runs before its start time: an interval runs first at the start time,
+    a crontab at its first slot from then on. A clocked schedule is due at its moment,
+    however long ago that was (beat sends it once; enabled again, once more)."""
     if isinstance(table, Clocked):
-        return table.at if last_run_at is None else table.slot_after(last_run_at)
-    if last_run_at is not None:
-        slot = table.slot_after(last_run_at)
-    elif start_time is not None and isinstance(table, Interval):
-        slot = start_time
-    else:
-        slot = table.slot_after(start_time - dt.timedelta(microseconds=1) if start_time else created)
-    if slot is not None and start_time is not None and slot < start_time:
-        slot = table.slot_after(start_time - dt.timedelta(microseconds=1))
-    return slot
+        return table.at  # whether it already ran is the one-off rule's business (beat, marks)
+    slot = table.slot_after(last_run_at or created)
+    if start_time is None or (slot is not None and slot >= start_time):
+        return slot
+    return start_time if isinstance(table, Interval) else table.slot_after(start_time - dt.timedelta(microseconds=1))
 
 
 def describe_offsets(slots: list[dt.datetime], zone: str) -> list[dict[str, Any]]:

@@ -350,3 +350,41 @@ def test_beat_runs_a_crontab_across_the_spring_forward_night_in_its_zone(sent: l
         beat.tick()
         assert [h["scheduled_for"] for h in sent][1:] == ["2026-03-30T00:30:00+00:00"]  # 02:30 CEST
     beat.close()
+
+
+def test_a_one_off_enabled_again_runs_once_more(sent: list[dict[str, Any]]) -> None:
+    clock = ClockedSchedule.objects.create(clocked_time=timezone.now() - dt.timedelta(seconds=2))
+    task = schedule("again", clocked=clock, interval=None, one_off=True)
+    beat = started()
+    beat.housekeeping()  # writes the disable
+    task.refresh_from_db()
+    task.enabled = True
+    task.save()
+    beat.housekeeping()
+    beat.tick()
+    assert names(sent) == ["again", "again"]
+    beat.close()
+
+
+def test_catch_up_once_sends_one_run_that_a_restart_does_not_repeat(sent: list[dict[str, Any]]) -> None:
+    task = schedule("hourly once", 3600, ago=3 * 3600 + 30)  # 10:00, 11:00, 12:00 missed
+    SchedulePolicy.objects.create(periodic_task=task, catch_up="once")
+    first = started()
+    first.close()
+    redis_client().delete(leader.LEASE_KEY)
+    second = started()
+    assert len(sent) == 1
+    assert sent[0]["scheduled_for"] == (task.last_run_at + dt.timedelta(hours=3)).isoformat()  # the latest
+    assert second.schedule["hourly once"].next_slot > timezone.now()  # type: ignore[operator]
+    second.close()
+
+
+def test_a_bad_row_never_stops_beat(sent: list[dict[str, Any]]) -> None:
+    schedule("not json", 30, ago=31, headers="[]")  # its headers are not an object
+    schedule("bad args", 30, ago=31, args="[1,")
+    schedule("fine", 30, ago=31)
+    beat = started()
+    beat.tick()
+    assert names(sent) == ["fine"]
+    assert "not json" not in beat.schedule
+    beat.close()

@@ -100,3 +100,24 @@ def test_a_clocked_schedule_has_one_slot() -> None:
     table = slots.Clocked(moment)
     assert table.slot_after(moment - dt.timedelta(days=1)) == moment
     assert table.slot_after(moment) is None
+
+
+def test_a_slot_asked_for_inside_the_repeated_hour_is_still_after_the_moment() -> None:
+    table = slots.Cron("45 1 * * *", "America/New_York")
+    moment = dt.datetime(2026, 11, 1, 6, 30, tzinfo=UTC)  # 01:30 EST, the second pass of 01:xx
+    assert table.slot_after(moment) == dt.datetime(2026, 11, 2, 6, 45, tzinfo=UTC)
+
+
+def test_an_interval_that_ran_before_its_new_start_time_runs_first_at_it() -> None:
+    start = dt.datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    ran = start - dt.timedelta(days=2)
+    assert slots.first_slot(slots.Interval(3600), last_run_at=ran, start_time=start, created=ran) == start
+
+
+def test_the_latest_missed_slot_stands_for_a_backlog() -> None:
+    now = dt.datetime(2026, 6, 1, 12, 30, tzinfo=UTC)
+    cron = slots.Cron("0 * * * *", "Europe/Berlin")
+    interval = slots.Interval(3600)
+    first = dt.datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    assert slots.latest_until(cron, first, now) == dt.datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    assert slots.latest_until(interval, first, now) == dt.datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

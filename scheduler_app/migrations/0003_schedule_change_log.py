@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
             name='ScheduleChange',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('task', 'task'), ('interval', 'interval'), ('crontab', 'crontab'), ('solar', 'solar'), ('clocked', 'clocked')], max_length=8)),
+                ('kind', models.CharField(choices=[('task', 'task'), ('interval', 'interval'), ('crontab', 'crontab'), ('solar', 'solar'), ('clocked', 'clocked'), ('beat', 'beat')], max_length=8)),
                 ('object_id', models.BigIntegerField()),
                 ('at', models.DateTimeField(auto_now_add=True, db_index=True)),
             ],
