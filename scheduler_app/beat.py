@@ -452,11 +452,15 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         """Claim and send in chunks, renewing the lease between them: a long dispatch keeps
         its leadership, and a beat stopped mid-way has claimed no more than it sent."""
         for start in range(0, len(due), CHUNK):
-            chunk = due[start : start + CHUNK]
-            if (start and not self._still_leading()) or not self._dispatch_chunk(chunk, now):
-                for entry in due[start:]:  # not decided: as they were, for whoever leads
-                    self._push(entry)
-                return
+            if start and not self._still_leading():
+                rest = due[start:]
+            elif not self._dispatch_chunk(due[start : start + CHUNK], now):  # it put its own chunk back
+                rest = due[start + CHUNK :]
+            else:
+                continue
+            for entry in rest:  # not decided: as they were, for whoever leads
+                self._push(entry)
+            return
 
     def _still_leading(self) -> bool:
         if time.monotonic() < self._next_housekeeping - self.check_interval / 2:

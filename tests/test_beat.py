@@ -388,3 +388,17 @@ def test_a_bad_row_never_stops_beat(sent: list[dict[str, Any]]) -> None:
     assert names(sent) == ["fine"]
     assert "not json" not in beat.schedule
     beat.close()
+
+
+def test_it_sends_a_large_due_batch_in_chunks_in_one_tick(sent: list[dict[str, Any]]) -> None:
+    every = interval(30)
+    last = timezone.now() - dt.timedelta(seconds=31)
+    PeriodicTask.objects.bulk_create(
+        PeriodicTask(name=f"bulk {n:03}", task="maintenance.purge_expired_sessions", queue=QUEUE,
+                     interval=every, last_run_at=last)
+        for n in range(450)
+    )  # fmt: skip
+    beat = started()
+    assert len(sent) == 450 and len({h["schedule"] for h in sent}) == 450
+    assert len(redis_client().hkeys(leader.MARKS_KEY)) == 450
+    beat.close()
