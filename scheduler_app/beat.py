@@ -36,40 +36,26 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
-from celery.schedules import schedstate
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connection
 from django.db.models import BigIntegerField, BooleanField, CharField, ExpressionWrapper, F, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from django_celery_beat.models import (
-    ClockedSchedule,
-    CrontabSchedule,
-    IntervalSchedule,
-    PeriodicTask,
-    PeriodicTasks,
-    SolarSchedule,
-)
+from django_celery_beat.models import PeriodicTask, PeriodicTasks
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 from kombu.utils.json import loads
 
 from scheduler_app import leader, slots
 from scheduler_app.history import HEADER
-from scheduler_app.models import POLICY_FIELDS, ScheduleChange
-from scheduler_app.policy import RunPolicy
+from scheduler_app.models import POLICY_FIELDS, SHARED_SCHEDULES, ScheduleChange
+from scheduler_app.policy import RunPolicy, task_policy
 
 logger = logging.getLogger(__name__)
 UTC = dt.UTC
-SHARED_MODELS = {
-    "interval": IntervalSchedule,
-    "crontab": CrontabSchedule,
-    "solar": SolarSchedule,
-    "clocked": ClockedSchedule,
-}
 ROW_FIELDS = (
     "id", "name", "task", "args", "kwargs", "queue", "exchange", "routing_key", "priority",
     "expire_seconds", "expires", "headers", "one_off", "start_time", "total_run_count",
@@ -110,11 +96,6 @@ def aware(moment: dt.datetime | str | None) -> dt.datetime | None:
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
-def task_policy(app: Any, task_name: str) -> RunPolicy:
-    task = app.tasks.get(task_name)
-    return getattr(task, "policy", None) or RunPolicy()
-
-
 class Policies(dict[str, RunPolicy]):
     """Each task's own policy, looked up once per load."""
 
@@ -123,7 +104,7 @@ class Policies(dict[str, RunPolicy]):
         self.app = app
 
     def __missing__(self, task_name: str) -> RunPolicy:
-        self[task_name] = policy = task_policy(self.app, task_name)
+        self[task_name] = policy = task_policy(task_name, self.app)
         return policy
 
 
@@ -148,7 +129,6 @@ class Entry:
     date_changed: dt.datetime
     next_slot: dt.datetime | None = None
     version: int = 0
-    app: Any = field(default=None, repr=False)
 
     @property
     def args(self) -> list[Any]:
@@ -157,16 +137,6 @@ class Entry:
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(loads(self.raw_kwargs or "{}"))
-
-    @property
-    def schedule(self) -> Any:
-        return self.table_key
-
-    def is_due(self) -> schedstate:
-        if self.next_slot is None:
-            return schedstate(False, None)
-        remaining = (self.next_slot - timezone.now()).total_seconds()
-        return schedstate(remaining <= 0, max(remaining, 0.0))
 
     def header(self, slot: dt.datetime) -> dict[str, Any]:
         return {"trigger": "beat", "schedule": self.name, "scheduled_for": slot.isoformat(), "policy": self.overrides}
@@ -177,11 +147,11 @@ class Entry:
         return options
 
 
-def entry_from_row(row: tuple[Any, ...], app: Any, policies: Policies | None = None) -> Entry:
+def entry_from_row(row: tuple[Any, ...], policies: Policies) -> Entry:
     values = dict(zip(ROW_FIELDS, row, strict=True))
     overrides = {name: values[f"policy__{name}"] for name in POLICY_FIELDS}
     overrides = {name: value for name, value in overrides.items() if value not in (None, "")}
-    base = (policies or Policies(app))[values["task"]]
+    base = policies[values["task"]]
     try:
         policy = base.with_overrides(overrides) if overrides else base
     except ValueError as exc:  # a bad row never stops beat: the task's own policy applies
@@ -203,7 +173,6 @@ def entry_from_row(row: tuple[Any, ...], app: Any, policies: Policies | None = N
         last_run_at=None if values["never_run"] else values["anchor"],
         total_run_count=values["total_run_count"],
         date_changed=values["anchor"],
-        app=app,
     )
 
 
@@ -289,7 +258,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         self._policies = Policies(self.app)
         gc.disable()  # a load allocates many long-lived objects: collecting meanwhile finds nothing
         try:
-            self._load_tables(SHARED_MODELS.items())
+            self._load_tables(SHARED_SCHEDULES.items())
             for row in rows(PeriodicTask.objects.filter(enabled=True)).iterator(chunk_size=5000):
                 self._add(row)
         except BaseException:
@@ -313,7 +282,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
 
     def _add(self, row: tuple[Any, ...]) -> Entry | None:
         try:
-            entry = entry_from_row(row, self.app, self._policies)
+            entry = entry_from_row(row, self._policies)
         except Exception as exc:  # noqa: BLE001  (one bad row never stops beat)
             logger.error("schedule %r cannot run: %s; fix it in the admin", row[1], exc)
             self._remove(row[0])  # its previous, valid version stops too: it no longer says what runs
@@ -374,19 +343,21 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             unsent, self._unsent = self._unsent, []
             self._publish(unsent)
         if not self.lease.is_leader:
-            return max(0.0, min(self._next_housekeeping, self._next_database) - time.monotonic())
+            return self._until_housekeeping()
         now = timezone.now()
         due = self._pop_due(now.timestamp())
         if due:
             self._dispatch(due, now)
         return self._sleep_for()
 
+    def _until_housekeeping(self) -> float:
+        return max(0.0, min(self._next_housekeeping, self._next_database) - time.monotonic())
+
     def _sleep_for(self) -> float:
-        until_housekeeping = min(self._next_housekeeping, self._next_database) - time.monotonic()
         if not self._due:
-            return max(0.0, until_housekeeping)
+            return self._until_housekeeping()
         until_due = self._due[0][0] - time.time()
-        return max(0.0, min(until_due, until_housekeeping, self.max_interval))
+        return max(0.0, min(until_due, self._until_housekeeping(), self.max_interval))
 
     def _pop_due(self, now: float) -> list[Entry]:
         due = []
@@ -463,12 +434,8 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             return
 
     def _still_leading(self) -> bool:
-        if time.monotonic() < self._next_housekeeping - self.check_interval / 2:
-            return self.lease.is_leader
-        try:
-            self.redis_housekeeping()
-        except Exception:  # noqa: BLE001
-            logger.exception("beat could not renew its lease mid-dispatch")
+        if time.monotonic() >= self._next_housekeeping - self.check_interval / 2:
+            self.redis_housekeeping()  # logs, never raises
         return self.lease.is_leader
 
     def _dispatch_chunk(self, due: list[Entry], now: dt.datetime) -> bool:
@@ -596,7 +563,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         reloads succeeded, so a database error mid-way means the same rows next time."""
         rows, bumped = self._read_changes()
         tasks = {object_id for _, kind, object_id, _ in rows if kind in (ScheduleChange.TASK, ScheduleChange.BEAT)}
-        shared = {(kind, object_id) for _, kind, object_id, _ in rows if kind in SHARED_MODELS}
+        shared = {(kind, object_id) for _, kind, object_id, _ in rows if kind in SHARED_SCHEDULES}
         if shared:
             self._reload_tables(shared)
         if tasks:
@@ -636,7 +603,6 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
             if missing not in seen:
                 self._gaps[missing] = now + GAP_PATIENCE
         self._change_id = max(self._change_id, top)
-        self._gaps = {gap: deadline for gap, deadline in self._gaps.items() if deadline > now}
 
     def _prune_change_log(self) -> None:
         self._next_prune = time.monotonic() + PRUNE_EVERY
@@ -661,7 +627,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
     def _reload_tables(self, keys: set[tuple[str, int]]) -> None:
         for kind, pk in keys:
             self._tables.pop((kind, pk), None)
-            self._load_tables([(kind, SHARED_MODELS[kind])], [pk])
+            self._load_tables([(kind, SHARED_SCHEDULES[kind])], [pk])
             for user in list(self._users.get((kind, pk), ())):
                 entry = self._entries[user]
                 entry.version = next(self._seq)
@@ -712,16 +678,10 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         rows = [
             PeriodicTask(pk=pk, last_run_at=slot, total_run_count=F("total_run_count") + runs)
             for pk, (slot, runs) in dirty.items()
-            if pk not in disable
         ]
         PeriodicTask.objects.bulk_update(rows, ["last_run_at", "total_run_count"], batch_size=500)
         if disable:
-            for pk in disable:
-                slot = dirty.get(pk, (None, 0))[0]
-                fields: dict[str, Any] = {"enabled": False, "total_run_count": 0}
-                if slot is not None:
-                    fields["last_run_at"] = slot
-                PeriodicTask.objects.filter(pk=pk).update(**fields)
+            PeriodicTask.objects.filter(pk__in=disable).update(enabled=False, total_run_count=0)
             ScheduleChange.objects.bulk_create(ScheduleChange(kind=ScheduleChange.BEAT, object_id=pk) for pk in disable)
 
     def sync(self) -> None:

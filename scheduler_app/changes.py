@@ -12,17 +12,11 @@ from typing import Any
 
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
-from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
+from django_celery_beat.models import PeriodicTask
 
-from scheduler_app.models import ScheduleChange, SchedulePolicy
+from scheduler_app.models import SHARED_SCHEDULES, ScheduleChange, SchedulePolicy
 
-SHARED = {
-    IntervalSchedule: ScheduleChange.INTERVAL,
-    CrontabSchedule: ScheduleChange.CRONTAB,
-    SolarSchedule: ScheduleChange.SOLAR,
-    ClockedSchedule: ScheduleChange.CLOCKED,
-}
-BEAT_OWN_FIELDS = frozenset({"last_run_at", "total_run_count", "no_changes"})
+KIND_OF = {model: kind for kind, model in SHARED_SCHEDULES.items()}
 
 
 def log(kind: str, object_id: int) -> None:
@@ -30,14 +24,8 @@ def log(kind: str, object_id: int) -> None:
 
 
 @receiver(post_save, sender=PeriodicTask)
-def periodic_task_saved(instance: PeriodicTask, update_fields: Any = None, **kwargs: Any) -> None:
-    if update_fields and set(update_fields) <= BEAT_OWN_FIELDS:
-        return  # beat's own bookkeeping (stock ModelEntry.save), not an edit
-    log(ScheduleChange.TASK, instance.pk)
-
-
 @receiver(post_delete, sender=PeriodicTask)
-def periodic_task_deleted(instance: PeriodicTask, **kwargs: Any) -> None:
+def periodic_task_changed(instance: PeriodicTask, **kwargs: Any) -> None:
     log(ScheduleChange.TASK, instance.pk)
 
 
@@ -48,9 +36,9 @@ def policy_changed(instance: SchedulePolicy, **kwargs: Any) -> None:
 
 
 def shared_schedule_changed(sender: type, instance: Any, **kwargs: Any) -> None:
-    log(SHARED[sender], instance.pk)
+    log(KIND_OF[sender], instance.pk)
 
 
-for model in SHARED:
+for model in KIND_OF:
     post_save.connect(shared_schedule_changed, sender=model, dispatch_uid=f"beatkeeper-change-{model.__name__}")
     post_delete.connect(shared_schedule_changed, sender=model, dispatch_uid=f"beatkeeper-delete-{model.__name__}")

@@ -14,9 +14,9 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django_celery_beat.models import PeriodicTask
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
-from scheduler_app.policy import CATCH_UP_CHOICES, OVERLAP_CHOICES, RunPolicy
+from scheduler_app.policy import CATCH_UP_CHOICES, OVERLAP_CHOICES, task_policy
 
 POLICY_FIELDS = (
     "overlap",
@@ -86,12 +86,8 @@ class SchedulePolicy(models.Model):
         return f"policy of {self.periodic_task.name}"
 
     def clean(self) -> None:
-        from celery import current_app
-
-        task = current_app.tasks.get(self.periodic_task.task)
-        base = getattr(task, "policy", None) or RunPolicy()
         try:
-            base.with_overrides(self.overrides())
+            task_policy(self.periodic_task.task).with_overrides(self.overrides())
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
 
@@ -121,3 +117,12 @@ class ScheduleChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.object_id} changed at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+# The schedule objects several schedules may share, by their change-log kind.
+SHARED_SCHEDULES: dict[str, type[models.Model]] = {
+    ScheduleChange.INTERVAL: IntervalSchedule,
+    ScheduleChange.CRONTAB: CrontabSchedule,
+    ScheduleChange.SOLAR: SolarSchedule,
+    ScheduleChange.CLOCKED: ClockedSchedule,
+}

@@ -50,3 +50,11 @@ class RunPolicy:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def task_policy(task_name: str, app: Any = None) -> RunPolicy:
+    """The policy a registered task declares (the default policy for any other task)."""
+    if app is None:
+        from celery import current_app as app
+    task = app.tasks.get(task_name)
+    return getattr(task, "policy", None) or RunPolicy()

@@ -9,15 +9,14 @@ import datetime as dt
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from celery import current_app
 from cron_descriptor import get_description
 from django.conf import settings
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from scheduler_app import slots
-from scheduler_app.beat import task_policy
 from scheduler_app.catalog import Every
+from scheduler_app.policy import task_policy
 
 UTC = dt.UTC
 
@@ -67,12 +66,12 @@ def next_run(task: PeriodicTask, now: dt.datetime | None = None) -> NextRun:
     return runs[0] if runs else NextRun(None, zone_of(task), why_not(task) or "no further slot")
 
 
-def why_not(task: PeriodicTask) -> str:
+def why_not(task: PeriodicTask, now: dt.datetime | None = None) -> str:
     if not task.enabled:
         return "disabled"
     if task.one_off and task.total_run_count:
         return "one-off already run"
-    if task.expires and task.expires <= timezone.now():
+    if task.expires and task.expires <= (now or timezone.now()):
         return "expired"
     return ""
 
@@ -81,7 +80,7 @@ def next_runs(task: PeriodicTask, count: int, now: dt.datetime | None = None) ->
     """The next `count` runs of an enabled schedule (empty if it will not run again). A
     slot already due, or missed, is given as beat will treat it: sent now, or skipped."""
     now = now or timezone.now()
-    if why_not(task):
+    if why_not(task, now):
         return []
     table = slots.timetable(task.clocked or task.interval or task.crontab or task.solar)
     slot = slots.first_slot(table, last_run_at=task.last_run_at, start_time=task.start_time, created=task.date_changed)
@@ -94,7 +93,7 @@ def next_runs(task: PeriodicTask, count: int, now: dt.datetime | None = None) ->
 
 def catch_up_of(task: PeriodicTask) -> str:
     policy = getattr(task, "policy", None)
-    return (policy and policy.catch_up) or task_policy(current_app, task.task).catch_up
+    return (policy and policy.catch_up) or task_policy(task.task).catch_up
 
 
 def interval_seconds(every: int, period: str) -> float:

@@ -70,9 +70,9 @@ class Cron:
         self._tz = ZoneInfo(self.zone)
         self._iterate(dt.datetime.now(UTC))  # raises InvalidSchedule for a bad expression
 
-    def _iterate(self, moment: dt.datetime) -> CronSim:
+    def _iterate(self, moment: dt.datetime, reverse: bool = False) -> CronSim:
         try:
-            sim = CronSim(self.expression, moment.astimezone(self._tz))
+            sim = CronSim(self.expression, moment.astimezone(self._tz), reverse=reverse)
         except CronSimError as exc:
             raise InvalidSchedule(f"crontab {self.expression!r}: {exc}") from None
         sim.day_and = True  # Celery's crontab: day of month AND day of week
@@ -100,10 +100,8 @@ class Cron:
         return self.slot_after(now)
 
     def latest_until(self, slot: dt.datetime, now: dt.datetime) -> dt.datetime:
-        start = now.astimezone(self._tz).replace(microsecond=0) + dt.timedelta(seconds=1)
-        sim = CronSim(self.expression, start, reverse=True)
-        sim.day_and = True
-        for found in sim:
+        start = now.replace(microsecond=0) + dt.timedelta(seconds=1)  # reverse: strictly before the start
+        for found in self._iterate(start, reverse=True):
             if found.astimezone(UTC) <= now:
                 return max(found.astimezone(UTC), slot)
         return slot

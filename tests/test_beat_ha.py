@@ -190,13 +190,19 @@ def test_it_sends_each_slot_once_with_several_beats_running(tmp_path: Path, coun
 # --- failover -----------------------------------------------------------------------------------
 
 
-def test_it_fails_over_when_the_leader_is_killed_without_losing_or_doubling_a_slot(tmp_path: Path) -> None:
+def two_beats_sending(stack: ExitStack, tmp_path: Path) -> tuple[list[Process], Process, Process]:
+    """Two beats with a short lease, a schedule every second sent 3 times: (beats, leader, follower)."""
     schedule("every second", interval(1))
+    beats = start_beats(stack, tmp_path, 2, **FAST_LEASE)
+    wait_for(lambda: len(slots("every second")) >= 3, 15, "3 slots")
+    first = leading(beats)
+    (other,) = [b for b in beats if b is not first]
+    return beats, first, other
+
+
+def test_it_fails_over_when_the_leader_is_killed_without_losing_or_doubling_a_slot(tmp_path: Path) -> None:
     with ExitStack() as stack:
-        beats = start_beats(stack, tmp_path, 2, **FAST_LEASE)
-        wait_for(lambda: len(slots("every second")) >= 3, 15, "3 slots")
-        dead = leading(beats)
-        (heir,) = [b for b in beats if b is not dead]
+        beats, dead, heir = two_beats_sending(stack, tmp_path)
         last_before = slots("every second")[-1]
         dead.stop(signal.SIGKILL)
         killed, killed_at = time.monotonic(), now()
@@ -211,12 +217,8 @@ def test_it_fails_over_when_the_leader_is_killed_without_losing_or_doubling_a_sl
 
 
 def test_it_fails_over_when_the_leader_hangs_and_the_old_leader_sends_nothing_when_it_wakes(tmp_path: Path) -> None:
-    schedule("every second", interval(1))
     with ExitStack() as stack:
-        beats = start_beats(stack, tmp_path, 2, **FAST_LEASE)
-        wait_for(lambda: len(slots("every second")) >= 3, 15, "3 slots")
-        hung = leading(beats)
-        (heir,) = [b for b in beats if b is not hung]
+        beats, hung, heir = two_beats_sending(stack, tmp_path)
         hung.proc.send_signal(signal.SIGSTOP)
         try:
             stopped_at = now()

@@ -38,7 +38,7 @@ class Command(BaseCommand):
         if not runs:
             self.stdout.write(f"    next run: none ({why_not(task) or 'no further slot'})")
             return
-        rows = slots.describe_offsets([run.at for run in runs if run.at], runs[0].zone)
+        rows = slots.describe_offsets([run.at for run in runs], runs[0].zone)
         label = "next run:" if count == 1 else "next runs:"
         for n, row in enumerate(rows):
             mark = "  (daylight saving change before this run)" if row["dst_change"] else ""
