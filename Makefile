@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
+# The browser tests (tests/browser.py) drive Debian's Chromium; `make test` installs it when missing.
+BEATKEEPER_CHROMIUM ?= /usr/bin/chromium
+export BEATKEEPER_CHROMIUM
 
 .PHONY: run test lint format check-deploy clean help
 
@@ -15,7 +18,7 @@ help:
 run: $(VENV)/.runtime-installed
 	$(BIN)/python manage.py launch
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed $(BEATKEEPER_CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
@@ -42,3 +45,16 @@ $(VENV)/.runtime-installed: requirements.txt $(VENV)/.python-ok
 $(VENV)/.dev-installed: requirements.txt requirements-dev.txt $(VENV)/.python-ok
 	$(PIP) install -r requirements-dev.txt
 	@touch $@ $(VENV)/.runtime-installed
+
+# Debian's chromium package, for the browser tests. Tries the apt lists at hand first and
+# refreshes them only if that fails (a fresh machine has none, or they name a superseded version).
+/usr/bin/chromium:
+	@command -v apt-get >/dev/null || { echo "The browser tests need Chromium at $@ and this is no Debian/Ubuntu: \
+	install it, or point BEATKEEPER_CHROMIUM at a Chromium or Chrome binary." >&2; exit 1; }
+	@if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; else \
+	  echo "The browser tests need Chromium: run 'apt-get install --no-install-recommends chromium' as root." >&2; exit 1; fi; \
+	install="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium"; \
+	echo "Installing Debian's chromium for the browser tests"; \
+	$$install >/dev/null 2>&1 || { $$sudo apt-get update -q && $$install; } || \
+	  { echo "Could not install Debian's chromium (see apt-get's output above); the browser tests need it." >&2; exit 1; }
+	@test -x $@ || { echo "apt-get installed chromium but $@ is missing." >&2; exit 1; }

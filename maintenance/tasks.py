@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 
 from maintenance import health, runs, sessions, statistics, system, tempfiles
-from scheduler_app import broker
+from scheduler_app import broker, monitoring
 from scheduler_app.catalog import Cron, Every, platform_task
 
 HOUR = 3600
@@ -98,6 +98,21 @@ def log_statistics(window_minutes: float = 15) -> dict[str, Any]:
 def purge_expired_sessions() -> dict[str, Any]:
     """Delete Django's expired login sessions."""
     return sessions.purge_expired_sessions()
+
+
+@platform_task(
+    name="maintenance.check_schedules",
+    schedule_name="Check schedules (late, failing)",
+    schedule=Every(60),
+    overlap="skip",
+    max_retries=0,  # the next check is a minute away
+    soft_time_limit=50,
+    time_limit=58,
+    expires=60,
+)
+def check_schedules() -> dict[str, Any]:
+    """Mark each enabled schedule on time, late (its run did not start in time) or failing."""
+    return {"schedules": monitoring.check_schedules()}
 
 
 def platform_sample() -> health.PlatformSample:

@@ -3,10 +3,14 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import path
 
+from scheduler_app.admin.dashboard import dashboard_view, panel_view
+
 admin.site.site_header = "Beatkeeper"
 admin.site.site_title = "Beatkeeper"
 admin.site.index_title = "Operations console"
 
 urlpatterns = [
+    path("admin/dashboard/", admin.site.admin_view(dashboard_view), name="beatkeeper-dashboard"),
+    path("admin/dashboard/panel/", admin.site.admin_view(panel_view), name="beatkeeper-dashboard-panel"),
     path("admin/", admin.site.urls),
 ]

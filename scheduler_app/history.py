@@ -20,7 +20,7 @@ from django_celery_results.models import TaskResult
 from scheduler_app import states
 
 HEADER = "beatkeeper"
-TRIGGERS = ("beat", "manual", "api", "retry", "direct")
+TRIGGERS = ("beat", "manual", "api", "retry", "direct")  # "by": who asked, for all but beat and direct
 RUNNING = {celery_states.STARTED, states.PROGRESS}
 
 
@@ -39,6 +39,10 @@ def attach_run_context(task_id: str = "", task: Any = None, **kwargs: Any) -> No
     request = task.request
     header = getattr(request, HEADER, None) or (request.headers or {}).get(HEADER) or {}
     attempts = earlier_attempts(task_id) if request.retries or _redelivered(request) else []
+    # A run queued from the console was recorded PENDING; if it was revoked while no
+    # worker was up to hear it, PlatformTask ends it before it starts (runtime.py).
+    revocation = revocation_of(task_id) if header.get("recorded") else None
+    request.revoked_while_queued = revocation is not None
     request.meta = {
         "trigger": header.get("trigger", "direct"),
         "schedule": header.get("schedule") or getattr(request, "periodic_task_name", None),
@@ -46,7 +50,8 @@ def attach_run_context(task_id: str = "", task: Any = None, **kwargs: Any) -> No
         "queued_at": header.get("queued_at"),
         "attempt": len(attempts) + 1,
         "attempts": attempts,
-        **({"retry_of": header["retry_of"]} if header.get("retry_of") else {}),
+        **{key: header[key] for key in ("by", "retry_of") if header.get(key)},
+        **(revocation or {}),
     }
 
 
@@ -63,6 +68,15 @@ def record_expiry(sender: Any = None, request: Any = None, expired: bool = False
     if expired and sender is not None and request is not None:
         result = {"reason": "not started before it expired", "expires": str(request.expires)}
         sender.backend.store_result(request.id, result, states.EXPIRED, request=request)
+
+
+def revocation_of(task_id: str) -> dict[str, Any] | None:
+    """Who revoked the run and when, if its row says it was revoked before it started."""
+    row = TaskResult.objects.filter(task_id=task_id, status=celery_states.REVOKED).only("meta").first()
+    if row is None:
+        return None
+    meta = run_context(row)
+    return {key: meta[key] for key in ("revoked_by", "revoked_at") if key in meta}
 
 
 def _redelivered(request: Any) -> bool:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
+from django_celery_results.models import TaskResult
 
 from scheduler_app.policy import CATCH_UP_CHOICES, OVERLAP_CHOICES, task_policy
 
@@ -76,6 +78,19 @@ class SchedulePolicy(models.Model):
         choices=[(c, c) for c in CATCH_UP_CHOICES],
         help_text="After beat was down: skip the missed slot (as cron does) or run it once now.",
     )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="owned_schedules",
+        help_text="Who answers for this schedule.",
+    )
+    paused_at = models.DateTimeField(null=True, blank=True)
+    paused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    pause_note = models.CharField(max_length=500, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -86,8 +101,12 @@ class SchedulePolicy(models.Model):
         return f"policy of {self.periodic_task.name}"
 
     def clean(self) -> None:
+        # A policy made with its schedule in one form has no schedule yet: the form names the task.
+        task = self.periodic_task.task if self.periodic_task_id else getattr(self, "task_for_checks", None)
+        if task is None:
+            return
         try:
-            task_policy(self.periodic_task.task).with_overrides(self.overrides())
+            task_policy(task).with_overrides(self.overrides())
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
 
@@ -126,3 +145,37 @@ SHARED_SCHEDULES: dict[str, type[models.Model]] = {
     ScheduleChange.SOLAR: SolarSchedule,
     ScheduleChange.CLOCKED: ClockedSchedule,
 }
+
+
+class ScheduleHealth(models.Model):
+    """What the last check (`monitoring.check_schedules`) found of a schedule: on time,
+    late (its expected run has not started within the grace time) or failing (its last
+    runs failed). Written with `QuerySet.update()`, so beat's change log never sees it."""
+
+    OK, LATE, FAILING = "ok", "late", "failing"
+    STATES = (OK, LATE, FAILING)
+
+    periodic_task = models.OneToOneField(
+        PeriodicTask, on_delete=models.CASCADE, primary_key=True, related_name="health"
+    )
+    state = models.CharField(max_length=8, choices=[(s, s) for s in STATES], default=OK, db_index=True)
+    since = models.DateTimeField(help_text="When the schedule entered this state.")
+    expected_at = models.DateTimeField(null=True, blank=True, help_text="The slot that has not started (late).")
+    failures = models.PositiveIntegerField(default=0, help_text="Failed runs in a row, newest first.")
+    checked_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "schedule health"
+        verbose_name_plural = "schedule health"
+
+    def __str__(self) -> str:
+        return f"{self.periodic_task_id}: {self.state}"
+
+
+class Run(TaskResult):
+    """A recorded run, as the operations console shows it (django-celery-results' row)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "run"
+        permissions = [("retry_run", "Can retry a run"), ("revoke_run", "Can revoke a run")]

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Task, current_task
+from celery import states as celery_states
 from celery.exceptions import Ignore, Retry
 from django.db import OperationalError
 from django.utils import timezone
@@ -59,6 +60,9 @@ class PlatformTask(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self.request.id or self.request.is_eager:
             return super().__call__(*args, **kwargs)  # called directly or eagerly: just run it
+        if getattr(self.request, "revoked_while_queued", False):
+            self._mark(celery_states.REVOKED, {"reason": "revoked before it started"})
+            raise Ignore()
         policy = self.effective_policy()
         with self._overlap_guard(policy):
             try:

@@ -14,6 +14,8 @@ from django.conf import settings
 
 from scheduler_app import embedded_redis
 
+pytest_plugins = ["tests.browser"]  # the `browser` and `page` fixtures, and their hooks
+
 
 def _fail(message: str) -> None:
     pytest.exit(f"{message}\nThe test suite needs it; nothing was skipped.", returncode=3)

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from scheduler_app import catalog
 from scheduler_app.launcher import Service, Supervisor
 from tests.processes import ROOT, wait_for
 
@@ -172,7 +173,7 @@ def test_it_runs_the_whole_platform_and_shows_a_finished_health_check_in_the_adm
     port = free_port()
     launched = launch(port)
     launched.wait_for_output("Beatkeeper is running. Admin: http://127.0.0.1:")
-    assert "5 created, 0 updated, 0 unchanged" in launched.output
+    assert f"{len(catalog.definitions())} created, 0 updated, 0 unchanged" in launched.output
     assert "admin user 'ops' uses the password from ADMIN_PASSWORD" in launched.output
     browser = Browser(f"http://127.0.0.1:{port}")
     browser.log_in("ops", "correct-horse-battery-9")

@@ -1,0 +1,322 @@
+"""Run history in the console, from django-celery-results' rows: read-only, coloured by
+state, filtered through indexes (each filter has a `(column, date_created)` index), paged
+without counting the table, with retry and revoke through `scheduler_app.services`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from functools import cached_property
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
+from django_celery_beat.models import PeriodicTask
+
+from scheduler_app import selectors, services, states
+from scheduler_app.admin import display
+from scheduler_app.history import TRIGGERS, run_context
+from scheduler_app.models import Run
+
+COUNT_CAP = 10_000  # a filtered list counts no further than this
+SINCE = {"1h": dt.timedelta(hours=1), "24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7),
+         "30d": dt.timedelta(days=30)}  # fmt: skip
+STATE_CHOICES = ["PENDING", "STARTED", "PROGRESS", "RETRY", "WAITING", "SUCCESS", "FAILURE", "SKIPPED", "EXPIRED",
+                 "REVOKED"]  # fmt: skip
+
+
+class CappedPaginator(Paginator):
+    """Counts at most COUNT_CAP + 1 rows: a page of a million runs costs what a page of ten
+    thousand does. The list then says "10,000+"."""
+
+    @cached_property
+    def count(self) -> int:
+        return self.object_list[: COUNT_CAP + 1].count()
+
+
+class StateFilter(admin.SimpleListFilter):
+    title, parameter_name = "state", "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(state, state) for state in STATE_CHOICES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
+        return queryset.filter(status=self.value()) if self.value() else queryset
+
+
+class TextFilter(admin.SimpleListFilter):
+    """A filter typed in (a schedule or task name), not listed: there may be thousands."""
+
+    template = "beatkeeper/text_filter.html"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("", "")]  # a filter with no lookups is not shown at all
+
+    def choices(self, changelist: Any) -> list[dict[str, Any]]:
+        others = {k: v for k, v in changelist.params.items() if k not in (self.parameter_name, "p")}
+        return [{"value": self.value() or "", "name": self.parameter_name, "others": others.items()}]
+
+
+class ScheduleFilter(TextFilter):
+    title, parameter_name = "schedule", "schedule"
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
+        return queryset.filter(periodic_task_name=self.value()) if self.value() else queryset
+
+
+class TaskFilter(admin.SimpleListFilter):
+    title, parameter_name = "task", "task"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name) for name in services.registered_tasks()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
+        return queryset.filter(task_name=self.value()) if self.value() else queryset
+
+
+class TriggerFilter(admin.SimpleListFilter):
+    title, parameter_name = "trigger", "trigger"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(trigger, trigger) for trigger in TRIGGERS]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
+        if self.value() not in TRIGGERS:
+            return queryset
+        return queryset.filter(meta__contains=json.dumps({"trigger": self.value()})[1:-1])
+
+
+class SinceFilter(admin.SimpleListFilter):
+    title, parameter_name = "date", "since"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("1h", "last hour"), ("24h", "last 24 hours"), ("7d", "last 7 days"), ("30d", "last 30 days")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
+        if self.value() not in SINCE:
+            return queryset
+        return queryset.filter(date_created__gte=timezone.now() - SINCE[self.value()])
+
+
+class RunAdmin(admin.ModelAdmin):
+    class Media:
+        css = {"all": ["beatkeeper/console.css"]}
+
+    list_display = ["run", "state", "schedule", "task_name", "trigger", "scheduled_for", "date_started", "took",
+                    "worker", "attempt"]  # fmt: skip
+    list_display_links = ["run"]
+    list_filter = [StateFilter, ScheduleFilter, TaskFilter, TriggerFilter, SinceFilter]
+    search_fields = ["task_id"]
+    search_help_text = "A run's id (the whole id, or its first 8 characters)."
+    ordering = ["-date_created"]
+    list_per_page = 50
+    paginator = CappedPaginator
+    show_full_result_count = False
+    actions = ["retry", "revoke"]
+    change_form_template = "beatkeeper/run_change_form.html"
+    fieldsets = [
+        (None, {"fields": ["task_id", "state", "schedule", "task_name", "worker"]}),
+        ("Run", {"fields": ["context", "progress", "date_created", "date_started", "date_done", "took"]}),
+        ("Arguments", {"fields": ["arguments", "keyword_arguments"]}),
+        ("Result", {"fields": ["pretty_result", "error", "traceback"]}),
+    ]
+    readonly_fields = ["task_id", "state", "schedule", "task_name", "worker", "context", "progress", "date_created",
+                       "date_started", "date_done", "took", "arguments", "keyword_arguments", "pretty_result",
+                       "error", "traceback"]  # fmt: skip
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_retry_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("scheduler_app.retry_run")
+
+    def has_revoke_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("scheduler_app.revoke_run")
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Run], search_term: str) -> Any:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if len(term) < 36:
+            return queryset.filter(task_id__startswith=term), False
+        return queryset.filter(task_id=term), False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            self._link_schedules(changelist.result_list)
+            capped = changelist.result_count > COUNT_CAP
+            response.context_data["title"] = f"Runs ({COUNT_CAP:,}+)" if capped else "Runs"
+        return response
+
+    def _link_schedules(self, runs: Any) -> None:
+        names = {run.periodic_task_name for run in runs if run.periodic_task_name}
+        ids = dict(PeriodicTask.objects.filter(name__in=names).values_list("name", "pk"))
+        for run in runs:
+            run.schedule_pk = ids.get(run.periodic_task_name)
+
+    # --- columns -------------------------------------------------------------------------
+    @admin.display(description="run", ordering="date_created")
+    def run(self, run: Run) -> str:
+        return run.task_id[:8]
+
+    @admin.display(description="state", ordering="status")
+    def state(self, run: Run) -> str:
+        return display.state_badge(run.status)
+
+    @admin.display(description="schedule")
+    def schedule(self, run: Run) -> str:
+        if not run.periodic_task_name:
+            return "–"
+        pk = getattr(run, "schedule_pk", None)
+        if pk is None and not hasattr(run, "schedule_pk"):
+            pk = PeriodicTask.objects.filter(name=run.periodic_task_name).values_list("pk", flat=True).first()
+        if pk is None:
+            return run.periodic_task_name
+        url = reverse("admin:django_celery_beat_periodictask_change", args=[pk])
+        return format_html('<a href="{}">{}</a>', url, run.periodic_task_name)
+
+    @admin.display(description="trigger")
+    def trigger(self, run: Run) -> str:
+        return display.trigger_of(run)
+
+    @admin.display(description="scheduled for")
+    def scheduled_for(self, run: Run) -> str:
+        value = run_context(run).get("scheduled_for")
+        return dt.datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S") if value else "–"
+
+    @admin.display(description="took")
+    def took(self, run: Run) -> str:
+        return display.seconds(selectors.duration(run.date_started, run.date_done))
+
+    @admin.display(description="attempt")
+    def attempt(self, run: Run) -> str:
+        return str(run_context(run).get("attempt", "–"))
+
+    # --- the run's page ------------------------------------------------------------------
+    @admin.display(description="context")
+    def context(self, run: Run) -> str:
+        facts = run_context(run)
+        earlier = Run.objects.filter(task_id=facts.get("retry_of") or "-").values_list("pk", flat=True).first()
+        if earlier is None:
+            return format_html("<pre class='bk-json'>{}</pre>", pretty(facts))
+        url = reverse("admin:scheduler_app_run_change", args=[earlier])
+        return format_html("<pre class='bk-json'>{}</pre><a href='{}'>retry of {}</a>", pretty(facts), url,
+                           facts["retry_of"][:8])  # fmt: skip
+
+    @admin.display(description="progress")
+    def progress(self, run: Run) -> str:
+        if run.status != states.PROGRESS:
+            return "–"
+        data = loads(run.result) or {}
+        percent = float(data.get("percent", 0)) if isinstance(data, dict) else 0.0
+        return format_html(
+            '<progress max="100" value="{}"></progress> {}% {}', f"{percent:.0f}", f"{percent:.0f}",
+            data.get("message", "") if isinstance(data, dict) else "",
+        )  # fmt: skip
+
+    @admin.display(description="args")
+    def arguments(self, run: Run) -> str:
+        return format_html("<pre class='bk-json'>{}</pre>", shown_arguments(run.task_args))
+
+    @admin.display(description="kwargs")
+    def keyword_arguments(self, run: Run) -> str:
+        return format_html("<pre class='bk-json'>{}</pre>", shown_arguments(run.task_kwargs))
+
+    @admin.display(description="result")
+    def pretty_result(self, run: Run) -> str:
+        return format_html("<pre class='bk-json'>{}</pre>", pretty(loads(run.result)))
+
+    @admin.display(description="error")
+    def error(self, run: Run) -> str:
+        data = loads(run.result)
+        if isinstance(data, dict) and "exc_type" in data:
+            message = data.get("exc_message")
+            text = " ".join(map(str, message)) if isinstance(message, list) else str(message)
+            return format_html("<strong>{}</strong>: {}", data["exc_type"], text)
+        return "–"
+
+    def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        run = context.get("original")
+        if run is not None:
+            context["can_retry"] = self.has_retry_permission(request) and run.status in services.FINISHED
+            context["can_revoke"] = self.has_revoke_permission(request) and run.status in services.REVOCABLE
+            context["running"] = run.status in services.REVOCABLE
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    # --- retry and revoke ----------------------------------------------------------------
+    @admin.action(description="Retry selected runs with the same arguments", permissions=["retry"])
+    def retry(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        self._each(request, queryset, lambda run: services.retry_run(run, by=request.user), "Retried")
+
+    @admin.action(description="Revoke selected queued or running runs", permissions=["revoke"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        self._each(request, queryset, lambda run: services.revoke_run(run, by=request.user), "Revoked")
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[Run], write: Any, done: str) -> None:
+        count = 0
+        for run in queryset[:500]:
+            try:
+                new_id = write(run)
+                self.log_change(request, run, f"{done}" + (f": new run {new_id}" if new_id else ""))
+                count += 1
+            except services.ServiceError as exc:
+                self.message_user(request, f"{run.task_id[:8]}: {exc}", messages.ERROR)
+        if count:
+            self.message_user(request, f"{done} {count} run(s).", messages.SUCCESS)
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view
+        return [
+            path("<int:pk>/do/<str:what>/", view(require_POST(self.button_view)), name="scheduler_app_run_do"),
+            *super().get_urls(),
+        ]
+
+    def button_view(self, request: HttpRequest, pk: int, what: str) -> HttpResponse:
+        run = get_object_or_404(Run, pk=pk)
+        if what not in ("retry", "revoke") or not getattr(self, f"has_{what}_permission")(request, run):
+            raise PermissionDenied
+        try:
+            if what == "retry":
+                new_id = services.retry_run(run, by=request.user)
+                self.log_change(request, run, f"Retried: new run {new_id}")
+                run = Run.objects.get(task_id=new_id)
+                self.message_user(request, "Retried: this is the new run.", messages.SUCCESS)
+            else:
+                services.revoke_run(run, by=request.user)
+                self.log_change(request, run, "Revoked")
+                self.message_user(request, "Revoked.", messages.SUCCESS)
+        except services.ServiceError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        return HttpResponseRedirect(reverse("admin:scheduler_app_run_change", args=[run.pk]))
+
+
+def loads(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return text
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str) if not isinstance(value, str) else value
+
+
+def shown_arguments(stored: str | None) -> str:
+    value = loads(stored)
+    return value if isinstance(value, str) else pretty(value)

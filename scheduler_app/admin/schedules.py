@@ -1,0 +1,385 @@
+"""Schedules in the console: the list with next and last runs, health and policy; the
+form with a live preview; run now, pause with a note, resume and duplicate. Every write
+goes through `scheduler_app.services`, so beat's change log sees it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
+from django_celery_beat.models import PeriodicTask
+from django_celery_results.models import TaskResult
+
+from scheduler_app import schedules, selectors, services
+from scheduler_app.admin import display
+from scheduler_app.admin.forms import ScheduleActionForm, ScheduleForm, zone_choices
+from scheduler_app.models import ScheduleHealth, SchedulePolicy
+from scheduler_app.policy import task_policy
+
+
+class PolicyFormSet(BaseInlineFormSet):
+    def _construct_form(self, i: int, **kwargs: Any) -> Any:
+        form = super()._construct_form(i, **kwargs)
+        form.instance.task_for_checks = self.instance.task  # a new schedule's policy is checked against its task
+        return form
+
+
+class PolicyInline(admin.StackedInline):
+    model = SchedulePolicy
+    formset = PolicyFormSet
+    can_delete = False
+    max_num = 1
+    verbose_name = "policy and owner"
+    verbose_name_plural = "policy and owner"
+    autocomplete_fields = ["owner"]
+    fields = ["owner", "overlap", "catch_up", "max_retries", "retry_backoff", "retry_backoff_max", "soft_time_limit",
+              "time_limit", "lock_ttl"]  # fmt: skip
+
+
+class StateFilter(admin.SimpleListFilter):
+    title, parameter_name = "state", "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("enabled", "enabled"), ("paused", "paused"), ("disabled", "disabled, not paused")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> QuerySet[PeriodicTask]:
+        if self.value() == "enabled":
+            return queryset.filter(enabled=True)
+        if self.value() == "paused":
+            return queryset.filter(enabled=False, policy__paused_at__isnull=False)
+        if self.value() == "disabled":
+            return queryset.filter(enabled=False).exclude(policy__paused_at__isnull=False)
+        return queryset
+
+
+class HealthFilter(admin.SimpleListFilter):
+    title, parameter_name = "health", "health"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(state, state) for state in ScheduleHealth.STATES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> QuerySet[PeriodicTask]:
+        return queryset.filter(health__state=self.value()) if self.value() else queryset
+
+
+class TaskFilter(admin.SimpleListFilter):
+    title, parameter_name = "task", "task"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        names = set(PeriodicTask.objects.values_list("task", flat=True).distinct()) | set(services.registered_tasks())
+        return [(name, name) for name in sorted(names)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> QuerySet[PeriodicTask]:
+        return queryset.filter(task=self.value()) if self.value() else queryset
+
+
+class QueueFilter(admin.SimpleListFilter):
+    title, parameter_name = "queue", "queue"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        queues = PeriodicTask.objects.exclude(queue=None).values_list("queue", flat=True).distinct()
+        return [("-", "default"), *((q, q) for q in sorted(queues) if q)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> QuerySet[PeriodicTask]:
+        if self.value() == "-":
+            return queryset.filter(queue__isnull=True)
+        return queryset.filter(queue=self.value()) if self.value() else queryset
+
+
+class LastOutcomeFilter(admin.SimpleListFilter):
+    title, parameter_name = "last outcome", "outcome"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(s, s) for s in ("SUCCESS", "FAILURE", "SKIPPED", "EXPIRED", "REVOKED", "STARTED")] + [
+            ("none", "never")
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> QuerySet[PeriodicTask]:
+        if not self.value():
+            return queryset
+        runs = TaskResult.objects.filter(periodic_task_name=OuterRef("name")).order_by("-date_created")
+        queryset = queryset.annotate(last_status=Subquery(runs.values("status")[:1]))
+        return (
+            queryset.filter(last_status__isnull=True)
+            if self.value() == "none"
+            else queryset.filter(last_status=self.value())
+        )
+
+
+class ScheduleChangeList(ChangeList):
+    """Reads the page's run statistics in one pass once the page is known."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        stats = selectors.run_stats([task.name for task in self.result_list])
+        now = timezone.now()
+        for task in self.result_list:
+            task.stats = stats.get(task.name)
+            task.upcoming = schedules.next_run(task, now)
+
+
+class ScheduleAdmin(admin.ModelAdmin):
+    class Media:
+        css = {"all": ["beatkeeper/console.css"]}
+
+    form = ScheduleForm
+    action_form = ScheduleActionForm
+    inlines = [PolicyInline]
+    list_per_page = 50
+    list_select_related = ["interval", "crontab", "solar", "clocked", "policy__owner", "policy__paused_by", "health"]
+    list_display = ["name", "task", "schedule", "zone", "next_run", "last_run", "success", "median", "overlap",
+                    "state", "owner", "health_state"]  # fmt: skip
+    list_filter = [StateFilter, HealthFilter, TaskFilter, QueueFilter, LastOutcomeFilter]
+    search_fields = ["name", "task", "description"]
+    ordering = ["name"]
+    actions = ["run_now", "pause", "resume", "duplicate"]
+    readonly_fields = ["pause_state", "last_runs", "total_run_count", "last_run_at", "date_changed"]
+    change_form_template = "beatkeeper/schedule_change_form.html"
+    fieldsets = [
+        (None, {"fields": ["name", "task", "description", "enabled", "pause_state"]}),
+        (
+            "Schedule",
+            {
+                "fields": [
+                    "kind",
+                    ("minute", "hour", "day_of_month", "month_of_year", "day_of_week"),
+                    "cron_timezone",
+                    ("every", "period"),
+                    "clocked_time",
+                    ("solar_event", "latitude", "longitude"),
+                    "start_time",
+                    "one_off",
+                ]
+            },
+        ),  # fmt: skip
+        ("Arguments", {"fields": ["args", "kwargs"]}),
+        ("Message options", {"fields": ["queue", "priority", "expires", "expire_seconds", "headers"]}),
+        ("Recent runs", {"fields": ["last_runs", "last_run_at", "total_run_count", "date_changed"]}),
+    ]
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return ScheduleChangeList
+
+    def get_fieldsets(self, request: HttpRequest, obj: PeriodicTask | None = None) -> list[Any]:
+        return self.fieldsets if obj else self.fieldsets[:-1]
+
+    # --- columns -------------------------------------------------------------------------
+    @admin.display(description="schedule")
+    def schedule(self, task: PeriodicTask) -> str:
+        return schedules.describe(task)
+
+    @admin.display(description="zone")
+    def zone(self, task: PeriodicTask) -> str:
+        return schedules.zone_of(task)
+
+    @admin.display(description="next run")
+    def next_run(self, task: PeriodicTask) -> str:
+        upcoming = getattr(task, "upcoming", None) or schedules.next_run(task)
+        if upcoming.at is None:
+            return format_html('<span class="bk-muted">{}</span>', upcoming.reason)
+        return display.local_and_utc(upcoming.local(), upcoming.at)
+
+    @admin.display(description="last run", ordering="last_run_at")
+    def last_run(self, task: PeriodicTask) -> str:
+        stats = getattr(task, "stats", None)
+        if stats is None:
+            return format_html('<span class="bk-muted">{}</span>', "never")
+        return format_html("{} {}", display.state_badge(stats.last_state), display.ago(stats.last_at))
+
+    @admin.display(description="success")
+    def success(self, task: PeriodicTask) -> str:
+        stats = getattr(task, "stats", None)
+        return "–" if stats is None or stats.success_rate is None else f"{stats.success_rate:.0%}"
+
+    @admin.display(description="median")
+    def median(self, task: PeriodicTask) -> str:
+        stats = getattr(task, "stats", None)
+        return display.seconds(stats.median_seconds if stats else None)
+
+    @admin.display(description="overlap")
+    def overlap(self, task: PeriodicTask) -> str:
+        policy = getattr(task, "policy", None)
+        return (policy and policy.overlap) or task_policy(task.task).overlap
+
+    @admin.display(description="state", ordering="enabled")
+    def state(self, task: PeriodicTask) -> str:
+        policy = getattr(task, "policy", None)
+        if task.enabled:
+            return format_html('<span class="bk-state bk-enabled">{}</span>', "enabled")
+        if policy is None or policy.paused_at is None:
+            return format_html('<span class="bk-state bk-disabled">{}</span>', "disabled")
+        return format_html(
+            '<span class="bk-state bk-paused" title="{}">paused</span><br><small>by {} {}</small>{}',
+            policy.pause_note,
+            policy.paused_by or "someone",
+            display.ago(policy.paused_at),
+            format_html("<br><small>“{}”</small>", policy.pause_note) if policy.pause_note else "",
+        )
+
+    @admin.display(description="owner")
+    def owner(self, task: PeriodicTask) -> str:
+        policy = getattr(task, "policy", None)
+        return str(policy.owner) if policy and policy.owner else "–"
+
+    @admin.display(description="health")
+    def health_state(self, task: PeriodicTask) -> str:
+        health = getattr(task, "health", None)
+        if health is None:
+            return "–"
+        return format_html('<span class="bk-health bk-health-{}">{}</span>', health.state, health.state)
+
+    @admin.display(description="paused")
+    def pause_state(self, task: PeriodicTask) -> str:
+        policy = getattr(task, "policy", None)
+        if policy is None or policy.paused_at is None:
+            return "no"
+        return format_html("by {} on {}: “{}”", policy.paused_by or "someone", policy.paused_at, policy.pause_note)
+
+    @admin.display(description="last runs")
+    def last_runs(self, task: PeriodicTask) -> str:
+        runs = selectors.recent_runs(task.name)
+        if not runs:
+            return "none yet"
+        rows = format_html_join(
+            "",
+            "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (display.run_url(run), run.task_id[:8], display.state_badge(run.status),
+                 display.trigger_of(run), run.date_created, display.seconds(selectors.duration(run.date_started,
+                                                                                              run.date_done)))
+                for run in runs
+            ),
+        )  # fmt: skip
+        more = reverse("admin:scheduler_app_run_changelist") + "?" + display.query(schedule=task.name)
+        return format_html(
+            "<table class='bk-runs'><tr><th>run</th><th>state</th><th>trigger</th><th>created</th><th>took</th></tr>"
+            "{}</table><a href='{}'>all runs of this schedule</a>",
+            rows,
+            more,
+        )
+
+    # --- writes --------------------------------------------------------------------------
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        services.policy_of(form.instance)  # every schedule made here has its policy row
+
+    def changeform_view(self, request: HttpRequest, object_id: str | None = None, form_url: str = "",
+                        extra_context: dict[str, Any] | None = None) -> HttpResponse:  # fmt: skip
+        extra = {"zones": [zone for zone, _ in zone_choices()], **(extra_context or {})}
+        return super().changeform_view(request, object_id, form_url, extra)
+
+    def apply(self, request: HttpRequest, task: PeriodicTask, what: str) -> PeriodicTask:
+        """One write on one schedule, logged in the admin's history; returns the schedule to show."""
+        if what == "run":
+            run_id = services.run_now(task, by=request.user)
+            self.log_change(request, task, f"Ran now: run {run_id}")
+        elif what == "pause":
+            note = request.POST.get("note", "")
+            services.pause(task, by=request.user, note=note)
+            self.log_change(request, task, f"Paused: {note}" if note else "Paused")
+        elif what == "resume":
+            services.resume(task, by=request.user)
+            self.log_change(request, task, "Resumed")
+        elif what == "duplicate":
+            copy = services.duplicate(task, by=request.user)
+            self.log_addition(request, copy, f"Duplicated from {task.name}")
+            return copy
+        return task
+
+    def apply_all(self, request: HttpRequest, queryset: QuerySet[PeriodicTask], what: str, done: str) -> None:
+        count = 0
+        for task in queryset:
+            try:
+                self.apply(request, task, what)
+                count += 1
+            except services.ServiceError as exc:
+                self.message_user(request, f"{task.name}: {exc}", messages.ERROR)
+        if count:
+            self.message_user(request, done.format(count=count), messages.SUCCESS)
+
+    @admin.action(description="Run selected schedules now", permissions=["change"])
+    def run_now(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        self.apply_all(request, queryset, "run", "Queued {count} run(s); they appear under Runs.")
+
+    @admin.action(description="Pause selected schedules (with the note)", permissions=["change"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        self.apply_all(request, queryset, "pause", "Paused {count} schedule(s).")
+
+    @admin.action(description="Resume selected schedules", permissions=["change"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        self.apply_all(request, queryset, "resume", "Resumed {count} schedule(s).")
+
+    @admin.action(description="Duplicate selected schedules (disabled copies)", permissions=["add"])
+    def duplicate(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        self.apply_all(request, queryset, "duplicate", "Made {count} disabled copy(ies) to edit.")
+
+    # --- buttons on the schedule's page and the preview ---------------------------------
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view
+        return [
+            path("preview/", view(self.preview_view), name="scheduler_app_schedule_preview"),
+            path("<int:pk>/do/<str:what>/", view(require_POST(self.button_view)), name="scheduler_app_schedule_do"),
+            *super().get_urls(),
+        ]
+
+    def preview_view(self, request: HttpRequest) -> JsonResponse:
+        """The next runs of the form's schedule as it stands (nothing is saved)."""
+        if not (self.has_add_permission(request) or self.has_change_permission(request)):
+            raise PermissionDenied
+        form = ScheduleForm(request.GET)
+        form.is_valid()
+        errors = {field: list(errors) for field, errors in form.errors.items() if field in SCHEDULE_FIELDS}
+        if errors or form.schedule_row is None:
+            return JsonResponse({"ok": False, "errors": errors})
+        preview = form.preview()
+        runs = [{"local": r["local"].isoformat(), "utc": r["utc"].isoformat(), "dst_change": r["dst_change"]}
+                for r in preview["runs"]]  # fmt: skip
+        return JsonResponse({"ok": True, "zone": preview["zone"], "runs": runs})
+
+    def button_view(self, request: HttpRequest, pk: int, what: str) -> HttpResponse:
+        task = get_object_or_404(PeriodicTask, pk=pk)
+        needed = "add" if what == "duplicate" else "change"
+        if what not in BUTTONS or not getattr(self, f"has_{needed}_permission")(request, task):
+            raise PermissionDenied
+        try:
+            shown = self.apply(request, task, what)
+            self.message_user(request, BUTTONS[what], messages.SUCCESS)
+        except services.ServiceError as exc:
+            shown = task
+            self.message_user(request, str(exc), messages.ERROR)
+        return HttpResponseRedirect(reverse("admin:django_celery_beat_periodictask_change", args=[shown.pk]))
+
+
+SCHEDULE_FIELDS = {
+    "kind",
+    "minute",
+    "hour",
+    "day_of_month",
+    "month_of_year",
+    "day_of_week",
+    "cron_timezone",
+    "every",
+    "period",
+    "clocked_time",
+    "solar_event",
+    "latitude",
+    "longitude",
+    "start_time",
+    "expires",
+}
+BUTTONS = {
+    "run": "Queued a run; it appears below under Recent runs and under Runs.",
+    "pause": "Paused: beat sends nothing until it is resumed.",
+    "resume": "Resumed: it runs from its next slot.",
+    "duplicate": "This is a disabled copy; edit it, then enable it.",
+}

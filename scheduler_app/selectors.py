@@ -1,0 +1,218 @@
+"""Reads shared by the console and the API: run statistics of schedules and the
+dashboard's figures. Each read is bounded (a page of schedules, the last day of runs),
+so none of them slows down as the run history grows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from celery import states as celery_states
+from django.db.models import Count, Q
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+from django_celery_results.models import TaskResult
+
+from scheduler_app import broker, leader, schedules
+from scheduler_app.models import ScheduleHealth
+
+RECENT_RUNS = 20  # runs behind a schedule's success rate and median duration
+DAY = dt.timedelta(hours=24)
+DASHBOARD_RUN_LIMIT = 100_000  # runs of the last day read for percentiles and concurrency
+HEALTH_TASK = "maintenance.system_health_check"
+
+
+@dataclass(frozen=True)
+class RunStats:
+    last_state: str
+    last_at: dt.datetime | None
+    success_rate: float | None  # of the finished runs among the recent ones
+    median_seconds: float | None
+    runs: int
+
+
+def duration(started: dt.datetime | None, done: dt.datetime | None) -> float | None:
+    return (done - started).total_seconds() if started and done else None
+
+
+def run_stats(names: list[str], recent: int = RECENT_RUNS) -> dict[str, RunStats]:
+    """The last `recent` runs of each named schedule, summed up (one bounded query each)."""
+    stats = {}
+    for name in names:
+        rows = TaskResult.objects.filter(periodic_task_name=name).order_by("-date_created")
+        rows = list(rows.values_list("status", "date_created", "date_started", "date_done")[:recent])
+        if rows:
+            stats[name] = summarise(rows)
+    return stats
+
+
+def summarise(rows: list[tuple[Any, ...]]) -> RunStats:
+    finished = [row for row in rows if row[0] in (celery_states.SUCCESS, celery_states.FAILURE)]
+    successes = sum(1 for row in finished if row[0] == celery_states.SUCCESS)
+    durations = [d for row in finished if (d := duration(row[2], row[3])) is not None]
+    return RunStats(
+        last_state=rows[0][0],
+        last_at=rows[0][3] or rows[0][2] or rows[0][1],
+        success_rate=successes / len(finished) if finished else None,
+        median_seconds=statistics.median(durations) if durations else None,
+        runs=len(rows),
+    )
+
+
+def recent_runs(name: str, count: int = 10) -> list[TaskResult]:
+    return list(TaskResult.objects.filter(periodic_task_name=name).order_by("-date_created")[:count])
+
+
+# --- Dashboard -------------------------------------------------------------------------
+
+
+def schedule_counts() -> dict[str, int]:
+    totals = PeriodicTask.objects.aggregate(
+        n_total=Count("pk"),
+        n_enabled=Count("pk", filter=Q(enabled=True)),
+        n_paused=Count("pk", filter=Q(enabled=False, policy__paused_at__isnull=False)),
+    )
+    health = dict(ScheduleHealth.objects.values_list("state").annotate(n=Count("pk")).values_list("state", "n"))
+    return {
+        **{key.removeprefix("n_"): value for key, value in totals.items()},
+        "failing": health.get(ScheduleHealth.FAILING, 0),
+        "late": health.get(ScheduleHealth.LATE, 0),
+    }
+
+
+def run_figures(since: dt.datetime | None) -> dict[str, Any]:
+    """Runs, successes, failures, error rate, mean and p95 duration, peak concurrency."""
+    runs = TaskResult.objects.all() if since is None else TaskResult.objects.filter(date_created__gte=since)
+    counts = dict(runs.values_list("status").annotate(n=Count("pk")).values_list("status", "n"))
+    successes, failures = counts.get(celery_states.SUCCESS, 0), counts.get(celery_states.FAILURE, 0)
+    spans = list(
+        runs.filter(date_started__isnull=False, date_done__isnull=False)
+        .order_by("-date_created")
+        .values_list("date_started", "date_done")[:DASHBOARD_RUN_LIMIT]
+    )
+    durations = sorted((done - started).total_seconds() for started, done in spans)
+    return {
+        "runs": sum(counts.values()),
+        "successes": successes,
+        "failures": failures,
+        "error_rate": failures / (successes + failures) if successes + failures else None,
+        "mean_seconds": statistics.fmean(durations) if durations else None,
+        "p95_seconds": percentile(durations, 0.95),
+        "peak_concurrency": peak_concurrency(spans),
+        "running": counts.get(celery_states.STARTED, 0) + counts.get("PROGRESS", 0),
+    }
+
+
+def percentile(ordered: list[float], fraction: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def peak_concurrency(spans: list[tuple[dt.datetime, dt.datetime]]) -> int:
+    """The most runs that were running at one moment."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def runs_per_hour(now: dt.datetime) -> list[dict[str, Any]]:
+    """The last 24 hours, hour by hour: runs by state."""
+    start = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=23)
+    hours: dict[dt.datetime, Counter[str]] = {start + dt.timedelta(hours=i): Counter() for i in range(24)}
+    rows = TaskResult.objects.filter(date_created__gte=start).values_list("date_created", "status")
+    for created, status in rows.iterator(chunk_size=5000):
+        hours[created.replace(minute=0, second=0, microsecond=0)][bucket(status)] += 1
+    return [{"hour": hour, "states": dict(counts), "total": sum(counts.values())} for hour, counts in hours.items()]
+
+
+def bucket(status: str) -> str:
+    if status in (celery_states.SUCCESS, celery_states.FAILURE):
+        return status
+    return "OTHER"
+
+
+def median_duration_per_task(since: dt.datetime) -> list[tuple[str, float]]:
+    spans: defaultdict[str, list[float]] = defaultdict(list)
+    rows = TaskResult.objects.filter(date_created__gte=since, status=celery_states.SUCCESS, date_started__isnull=False)
+    for name, started, done in rows.values_list("task_name", "date_started", "date_done")[:DASHBOARD_RUN_LIMIT]:
+        if done:
+            spans[name or "?"].append((done - started).total_seconds())
+    medians = [(name, statistics.median(values)) for name, values in spans.items()]
+    return sorted(medians, key=lambda item: item[1], reverse=True)[:15]
+
+
+def upcoming_runs(now: dt.datetime, limit: int = 15) -> list[tuple[PeriodicTask, dt.datetime]]:
+    """Enabled schedules due within the next 24 hours, soonest first (the first `limit`)."""
+    found = []
+    enabled = PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "solar", "clocked")
+    for task in enabled.iterator(chunk_size=500):
+        upcoming = schedules.next_run(task, now).at
+        if upcoming is not None and upcoming <= now + DAY:
+            found.append((task, upcoming))
+    return sorted(found, key=lambda item: item[1])[:limit]
+
+
+def recent_failures(limit: int = 10) -> list[TaskResult]:
+    return list(TaskResult.objects.filter(status=celery_states.FAILURE).order_by("-date_created")[:limit])
+
+
+def last_health_check() -> dict[str, Any] | None:
+    row = (
+        TaskResult.objects.filter(task_name=HEALTH_TASK, status=celery_states.SUCCESS).order_by("-date_created").first()
+    )
+    if row is None:
+        return None
+    try:
+        result = json.loads(row.result or "{}")
+    except ValueError:
+        result = {}
+    return {
+        "at": row.date_done,
+        "run": row,
+        "status": result.get("status", "?"),
+        "problems": result.get("problems", []),
+    }
+
+
+def workers() -> list[dict[str, Any]]:
+    """Workers that answered `inspect`, with the queues they consume."""
+    try:
+        queues = broker.current_app.control.inspect(timeout=1.0).active_queues() or {}
+    except Exception:  # noqa: BLE001  (no broker: no worker answers)
+        return []
+    return [{"name": name, "queues": sorted(q["name"] for q in qs)} for name, qs in sorted(queues.items())]
+
+
+def beat_status() -> dict[str, Any]:
+    try:
+        return leader.heartbeat()
+    except Exception as exc:  # noqa: BLE001  (the broker is down: say so)
+        return {"leader": None, "beats": [], "error": str(exc)}
+
+
+def dashboard(now: dt.datetime | None = None, slow: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every figure of the dashboard. `slow` holds the figures over all kept runs and the
+    upcoming runs from a recent call, if the caller keeps them (they read whole tables)."""
+    now = now or timezone.now()
+    slow = slow or {"all": run_figures(None), "upcoming": upcoming_runs(now)}
+    return {
+        "now": now,
+        "schedules": schedule_counts(),
+        "day": run_figures(now - DAY),
+        **slow,
+        "failures": recent_failures(),
+        "per_hour": runs_per_hour(now),
+        "per_task": median_duration_per_task(now - DAY),
+        "workers": workers(),
+        "queues": broker.queue_depths(),
+        "beat": beat_status(),
+        "health": last_health_check(),
+    }

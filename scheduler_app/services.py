@@ -1,0 +1,227 @@
+"""Writes shared by the admin, the API and the management commands: pause, resume, run
+now, duplicate, retry and revoke. The front doors only call these.
+
+A run queued here is recorded at once as a PENDING row carrying its trigger and who
+asked, so the operator sees it (and can revoke it) before a worker picks it up. Every
+message keeps the schedule's own options (queue, exchange, routing key, priority,
+expiry, headers and policy limits), as beat sends them.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import uuid
+from typing import Any
+
+from celery import current_app
+from celery import states as celery_states
+from celery.utils.saferepr import saferepr
+from django.db import transaction
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+from django_celery_results.models import TaskResult
+from kombu.exceptions import OperationalError as BrokerError
+
+from scheduler_app import beat, history, states
+from scheduler_app.models import SchedulePolicy
+from scheduler_app.policy import task_policy
+
+SEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+FINISHED = {celery_states.SUCCESS, celery_states.FAILURE, celery_states.REVOKED, *states.TERMINAL_STATES}
+REVOCABLE = {celery_states.PENDING, celery_states.RECEIVED, celery_states.RETRY, states.WAITING, *history.RUNNING}
+
+
+class ServiceError(Exception):
+    """What went wrong and what to do, for the operator."""
+
+
+def registered_tasks() -> list[str]:
+    """The task names a worker of this project can run (Celery's own excluded)."""
+    current_app.loader.import_default_modules()  # every app's tasks module, as a worker imports them
+    return sorted(name for name in current_app.tasks if not name.startswith("celery."))
+
+
+def policy_of(task: PeriodicTask) -> SchedulePolicy:
+    policy, _ = SchedulePolicy.objects.get_or_create(periodic_task=task)
+    return policy
+
+
+def username(user: Any) -> str:
+    return getattr(user, "get_username", lambda: "")() or "system"
+
+
+# --- Schedules -------------------------------------------------------------------------
+
+
+@transaction.atomic
+def pause(task: PeriodicTask, *, by: Any, note: str = "") -> None:
+    """Stop sending the schedule until it is resumed, saying who paused it, when and why."""
+    policy = policy_of(task)
+    policy.paused_at, policy.paused_by, policy.pause_note = timezone.now(), by, note.strip()[:500]
+    policy.save()
+    task.enabled = False
+    task.save()
+
+
+@transaction.atomic
+def resume(task: PeriodicTask, *, by: Any) -> None:
+    """Send the schedule again from its next slot (missed slots follow its catch-up policy)."""
+    policy = policy_of(task)
+    policy.paused_at, policy.paused_by, policy.pause_note = None, None, ""
+    policy.save()
+    task.enabled = True
+    task.save()
+
+
+@transaction.atomic
+def duplicate(task: PeriodicTask, *, by: Any) -> PeriodicTask:
+    """A disabled copy of the schedule and its policy, named "<name> (copy)", to edit."""
+    policy = SchedulePolicy.objects.filter(periodic_task=task).first()
+    copy = PeriodicTask.objects.get(pk=task.pk)
+    copy.pk, copy.id, copy.name = None, None, free_name(f"{task.name} (copy)")
+    copy.enabled, copy.last_run_at, copy.total_run_count = False, None, 0
+    copy.save()
+    if policy is not None:
+        policy.pk, policy.periodic_task = copy.pk, copy
+        policy.catalog_key, policy.seeded_state = "", {}
+        policy.paused_at, policy.paused_by, policy.pause_note = None, None, ""
+        policy.owner = by if policy.owner is None else policy.owner
+        policy.save(force_insert=True)
+    return copy
+
+
+def free_name(name: str) -> str:
+    candidate, number = name[:200], 2
+    while PeriodicTask.objects.filter(name=candidate).exists():
+        candidate, number = f"{name[:190]} {number}", number + 1
+    return candidate
+
+
+def run_now(
+    task: PeriodicTask,
+    *,
+    by: Any,
+    trigger: str = "manual",
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> str:
+    """Queue one run of the schedule now, with every option beat would send it with.
+    `args` / `kwargs` replace the schedule's own for this run only. Returns the run's id."""
+    if task.expires and task.expires <= timezone.now():
+        raise ServiceError(
+            f"{task.name!r} expired at {task.expires:%Y-%m-%d %H:%M %Z}; clear or move its expiry first."
+        )
+    overrides = SchedulePolicy.objects.filter(periodic_task=task).first()
+    overrides = overrides.overrides() if overrides else {}
+    header = {"trigger": trigger, "by": username(by), "schedule": task.name, "policy": overrides}
+    return send(
+        task.task,
+        stored_args(task.args, "[]") if args is None else args,
+        stored_args(task.kwargs, "{}") if kwargs is None else kwargs,
+        options=schedule_options(task, overrides),
+        header=header,
+    )
+
+
+def schedule_options(task: PeriodicTask, overrides: dict[str, Any]) -> dict[str, Any]:
+    values = {key: getattr(task, key) for key in ("name", "queue", "exchange", "routing_key", "priority", "headers")}
+    values |= {"expires": task.expires, "expire_seconds": task.expire_seconds}
+    policy = task_policy(task.task).with_overrides(overrides)
+    return beat.message_options(values, overrides, policy)
+
+
+def stored_args(raw: str, empty: str) -> Any:
+    try:
+        return json.loads(raw or empty)
+    except ValueError as exc:
+        raise ServiceError(f"the stored arguments are not JSON ({exc}); fix them in the schedule's form.") from None
+
+
+# --- Runs ------------------------------------------------------------------------------
+
+
+def retry_run(row: TaskResult, *, by: Any, trigger: str = "retry") -> str:
+    """Run a finished run again with the same task and arguments: a new run, linked to
+    the old one (`retry_of`), with the schedule's options if the schedule still exists."""
+    if row.status not in FINISHED:
+        raise ServiceError(f"run {row.task_id} is {row.status}, not finished; revoke it first or wait for it.")
+    args, kwargs = recorded_arguments(row.task_args, "args"), recorded_arguments(row.task_kwargs, "kwargs")
+    header = {"trigger": trigger, "by": username(by), "retry_of": row.task_id}
+    schedule = PeriodicTask.objects.filter(name=row.periodic_task_name).first() if row.periodic_task_name else None
+    if schedule is None:
+        return send(row.task_name, args, kwargs, options={}, header=header)
+    overrides = SchedulePolicy.objects.filter(periodic_task=schedule).first()
+    overrides = overrides.overrides() if overrides else {}
+    header |= {"schedule": schedule.name, "policy": overrides}
+    return send(row.task_name, args, kwargs, options=schedule_options(schedule, overrides), header=header)
+
+
+def recorded_arguments(stored: str | None, what: str) -> Any:
+    """The arguments a run was recorded with (django-celery-results keeps their repr)."""
+    empty: Any = [] if what == "args" else {}
+    if not stored:
+        return empty
+    try:
+        value = json.loads(stored)
+        value = ast.literal_eval(value) if isinstance(value, str) else value
+        value = list(value) if isinstance(value, tuple) else value  # a worker may record args as a tuple
+        json.dumps(value)  # a shortened repr ends in "..." (Ellipsis): not data to send
+        return value
+    except (ValueError, SyntaxError, TypeError):
+        raise ServiceError(
+            f"the run's {what} were recorded shortened or not as data ({stored[:80]}...); "
+            "run the schedule again instead, or send the task with its full arguments."
+        ) from None
+
+
+def revoke_run(row: TaskResult, *, by: Any) -> None:
+    """Stop a queued or running run: workers drop it when it arrives, or end it (SIGTERM)."""
+    if row.status not in REVOCABLE:
+        raise ServiceError(f"run {row.task_id} is already {row.status}; only a queued or running run can be revoked.")
+    try:
+        current_app.control.revoke(row.task_id, terminate=row.status in history.RUNNING, signal="SIGTERM")
+    except BrokerError as exc:
+        raise ServiceError(f"the broker did not answer ({exc}); nothing was revoked. Check that Redis is up.") from None
+    meta = {**history.run_context(row), "revoked_by": username(by), "revoked_at": timezone.now().isoformat()}
+    TaskResult.objects.filter(pk=row.pk, status__in=REVOCABLE).update(
+        status=celery_states.REVOKED, date_done=timezone.now(), meta=json.dumps(meta)
+    )
+
+
+# --- Sending ---------------------------------------------------------------------------
+
+
+def send(task_name: str, args: Any, kwargs: Any, *, options: dict[str, Any], header: dict[str, Any]) -> str:
+    """Record a PENDING run, then publish it; if the broker refuses, forget the run."""
+    if task_name not in registered_tasks():
+        raise ServiceError(f"no task named {task_name!r} is registered; pick one of the registered tasks.")
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ServiceError("arguments must be a JSON list and keyword arguments a JSON object.")
+    task_id = str(uuid.uuid4())
+    header = {**header, "queued_at": timezone.now().isoformat(), "recorded": True}
+    options = {**options, "headers": {**options.get("headers", {}), history.HEADER: header}}
+    record_pending(task_id, task_name, args, kwargs, header)
+    try:
+        current_app.send_task(task_name, args, kwargs, task_id=task_id, retry_policy=SEND_RETRY, **options)
+    except BrokerError as exc:
+        TaskResult.objects.filter(task_id=task_id).delete()
+        raise ServiceError(
+            f"the broker did not answer ({exc}); the run was not queued. Check that Redis is up."
+        ) from None
+    return task_id
+
+
+def record_pending(task_id: str, task_name: str, args: Any, kwargs: Any, header: dict[str, Any]) -> None:
+    meta = {key: header[key] for key in ("trigger", "by", "schedule", "queued_at", "retry_of") if header.get(key)}
+    TaskResult.objects.create(
+        task_id=task_id,
+        task_name=task_name,
+        periodic_task_name=header.get("schedule"),
+        status=celery_states.PENDING,
+        task_args=json.dumps(saferepr(args, 1024)),
+        task_kwargs=json.dumps(saferepr(kwargs, 1024)),
+        content_type="application/json",
+        content_encoding="utf-8",
+        meta=json.dumps(meta),
+    )
