@@ -180,7 +180,7 @@ def test_it_runs_the_whole_platform_and_shows_a_finished_health_check_in_the_adm
     assert "System health check" in browser.get("/admin/django_celery_beat/periodictask/")
 
     def health_check_succeeded() -> bool:
-        page = browser.get("/admin/django_celery_results/taskresult/?task_name=maintenance.system_health_check")
+        page = browser.get("/admin/scheduler_app/run/?task=maintenance.system_health_check")
         return "SUCCESS" in page
 
     wait_for(health_check_succeeded, 60, "a finished system health check in the admin", interval=1)
