@@ -295,7 +295,12 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]
         entry.version = next(self._seq)  # heap items of an older version are dropped when they surface
         self._entries[entry.pk] = entry
         self._users.setdefault(entry.table_key, set()).add(entry.pk)
-        self._plan(entry)
+        try:
+            self._plan(entry)
+        except Exception as exc:  # noqa: BLE001  (one bad row never stops beat)
+            logger.error("schedule %r cannot run: %s; fix it in the admin", entry.name, exc)
+            self._remove(entry.pk)
+            return None
         return entry
 
     def _forget(self, entry: Entry) -> None:

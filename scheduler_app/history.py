@@ -37,21 +37,33 @@ def stamp_queued_at(headers: dict[str, Any] | None = None, **kwargs: Any) -> Non
 @task_prerun.connect
 def attach_run_context(task_id: str = "", task: Any = None, **kwargs: Any) -> None:
     request = task.request
-    header = getattr(request, HEADER, None) or (request.headers or {}).get(HEADER) or {}
+    header = header_of(request)
     attempts = earlier_attempts(task_id) if request.retries or _redelivered(request) else []
     # A run queued from the console was recorded PENDING; if it was revoked while no
     # worker was up to hear it, PlatformTask ends it before it starts (runtime.py).
     revocation = revocation_of(task_id) if header.get("recorded") else None
     request.revoked_while_queued = revocation is not None
     request.meta = {
+        **context_of(header, request),
+        "attempt": len(attempts) + 1,
+        "attempts": attempts,
+        **(revocation or {}),
+    }
+
+
+def header_of(request: Any) -> dict[str, Any]:
+    header = getattr(request, HEADER, None) or (getattr(request, "headers", None) or {}).get(HEADER) or {}
+    return header if isinstance(header, dict) else {}
+
+
+def context_of(header: dict[str, Any], request: Any) -> dict[str, Any]:
+    """The run's facts that travel in its message header."""
+    return {
         "trigger": header.get("trigger", "direct"),
         "schedule": header.get("schedule") or getattr(request, "periodic_task_name", None),
         "scheduled_for": header.get("scheduled_for"),
         "queued_at": header.get("queued_at"),
-        "attempt": len(attempts) + 1,
-        "attempts": attempts,
         **{key: header[key] for key in ("by", "retry_of") if header.get(key)},
-        **(revocation or {}),
     }
 
 
@@ -63,11 +75,19 @@ def forget_progress_throttle(task_id: str = "", **kwargs: Any) -> None:
 
 
 @task_revoked.connect
-def record_expiry(sender: Any = None, request: Any = None, expired: bool = False, **kwargs: Any) -> None:
-    """Celery records an expired run as REVOKED; the platform says what happened."""
-    if expired and sender is not None and request is not None:
+def record_revocation(sender: Any = None, request: Any = None, expired: bool = False, terminated: bool = False,
+                      **kwargs: Any) -> None:  # fmt: skip
+    """Celery records a revoked or expired run as REVOKED with no context; the platform
+    says what happened and keeps the run's trigger, schedule and who asked."""
+    if sender is None or request is None:
+        return
+    request.meta = context_of(header_of(request), request)
+    if expired:
         result = {"reason": "not started before it expired", "expires": str(request.expires)}
         sender.backend.store_result(request.id, result, states.EXPIRED, request=request)
+    else:
+        result = {"reason": "revoked", "terminated": bool(terminated)}
+        sender.backend.store_result(request.id, result, celery_states.REVOKED, request=request)
 
 
 def revocation_of(task_id: str) -> dict[str, Any] | None:
@@ -87,7 +107,7 @@ def earlier_attempts(task_id: str) -> list[dict[str, Any]]:
     row = TaskResult.objects.filter(task_id=task_id).first()
     if row is None:
         return []
-    meta = json.loads(row.meta or "{}") if isinstance(row.meta, str) else (row.meta or {})
+    meta = run_context(row)
     earlier = list(meta.get("attempts", []))
     earlier.append(
         {
@@ -117,6 +137,12 @@ def _error_of(row: TaskResult) -> str | None:
 
 
 def run_context(row: TaskResult) -> dict[str, Any]:
-    """The platform's facts of a recorded run (for the admin, the API and tests)."""
-    meta = json.loads(row.meta or "{}") if isinstance(row.meta, str) else (row.meta or {})
+    """The platform's facts of a recorded run (for the admin, the API and tests); empty for
+    a row whose meta is not a JSON object (written by something else)."""
+    try:
+        meta = json.loads(row.meta or "{}") if isinstance(row.meta, str) else (row.meta or {})
+    except ValueError:
+        return {}
+    if not isinstance(meta, dict):
+        return {}
     return {key: value for key, value in meta.items() if key != "children"}

@@ -162,6 +162,7 @@ class ScheduleHealth(models.Model):
     since = models.DateTimeField(help_text="When the schedule entered this state.")
     expected_at = models.DateTimeField(null=True, blank=True, help_text="The slot that has not started (late).")
     failures = models.PositiveIntegerField(default=0, help_text="Failed runs in a row, newest first.")
+    next_at = models.DateTimeField(null=True, blank=True, db_index=True, help_text="Its next run, as last checked.")
     checked_at = models.DateTimeField()
 
     class Meta:

@@ -1,36 +1,42 @@
 """Which schedules are late or failing: the platform's dead man's switch.
 
 A schedule is **late** when the slot it should have run by now (the latest slot before
-now minus its grace time) has no run started at or after it: beat did not send it, or no
-worker took it. The grace time follows the period: half of it, at least a minute, at most
-an hour. A schedule is **failing** when its newest finished run failed (the count of
-failures in a row is kept). `check_schedules` stores the verdict in `ScheduleHealth`,
-which the console's filters and dashboard read; the `maintenance.check_schedules` task
-runs it every minute.
+now minus its grace time) has no run that started at or after it: beat did not send it,
+or no worker took it. The grace time follows the period: half of it, at least a minute,
+at most an hour. A schedule is **failing** when its newest finished run failed (the
+count of failures in a row is kept). `check_schedules` stores the verdict, and the next
+run time, in `ScheduleHealth`, which the console's filters and dashboard read; the
+`maintenance.check_schedules` task runs it every minute.
+
+Each pass reads a chunk of 500 schedules at a time with a fixed number of queries: the
+newest start and finish per schedule, and only the runs that finished since the last
+pass, from which the count of failures in a row is carried on.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from celery import states as celery_states
+from django.db import IntegrityError
 from django.db.models import Max
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import slots
+from scheduler_app import schedules, slots
 from scheduler_app.models import ScheduleHealth
 
 MIN_GRACE = dt.timedelta(minutes=1)
 MAX_GRACE = dt.timedelta(hours=1)
-FAILURE_LOOKBACK = 10  # finished runs read to count failures in a row
+FAILURE_LOOKBACK = 10  # runs read for a schedule seen for the first time
 CHUNK = 500
-NEUTRAL = {celery_states.PENDING, celery_states.STARTED, celery_states.RETRY, celery_states.REVOKED, "SKIPPED",
-           "WAITING", "PROGRESS"}  # fmt: skip
+FAILED = {celery_states.FAILURE, "EXPIRED"}
+PASSED = {celery_states.SUCCESS}  # anything else (skipped, revoked, running) neither breaks nor adds to a streak
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,18 @@ class Verdict:
     state: str
     expected_at: dt.datetime | None = None
     failures: int = 0
+    next_at: dt.datetime | None = None
+
+
+class Timetables(dict[tuple[str, int], slots.Timetable]):
+    """One timetable per shared schedule row for a whole pass (a crontab's setup is the costly part)."""
+
+    def of(self, task: PeriodicTask) -> slots.Timetable:
+        row = task.clocked or task.interval or task.crontab or task.solar
+        key = (type(row).__name__, row.pk)
+        if key not in self:
+            self[key] = slots.timetable(row)
+        return self[key]
 
 
 def grace_for(table: slots.Timetable, now: dt.datetime) -> dt.timedelta:
@@ -49,10 +67,9 @@ def grace_for(table: slots.Timetable, now: dt.datetime) -> dt.timedelta:
     return min(max((second - first) / 2, MIN_GRACE), MAX_GRACE)
 
 
-def expected_slot(task: PeriodicTask, now: dt.datetime) -> dt.datetime | None:
+def expected_slot(task: PeriodicTask, table: slots.Timetable, now: dt.datetime) -> dt.datetime | None:
     """The latest slot that should have started by now (None: none is due yet). Slots from
     before the schedule's last change do not count: an edit or a resume starts afresh."""
-    table = slots.timetable(task.clocked or task.interval or task.crontab or task.solar)
     cutoff = now - grace_for(table, now)
     if task.last_run_at and task.last_run_at >= task.date_changed:
         start: dt.datetime | None = task.last_run_at
@@ -63,80 +80,110 @@ def expected_slot(task: PeriodicTask, now: dt.datetime) -> dt.datetime | None:
     return slots.latest_until(table, start, cutoff)
 
 
-def verdict(task: PeriodicTask, latest_start: dt.datetime | None, failures: int, now: dt.datetime) -> Verdict:
-    try:
-        expected = expected_slot(task, now)
-    except slots.InvalidSchedule:
-        expected = None
-    if expected is not None and (latest_start is None or latest_start < expected):
-        return Verdict(ScheduleHealth.LATE, expected, failures)
-    return Verdict(ScheduleHealth.FAILING if failures else ScheduleHealth.OK, None, failures)
+def verdict(task: PeriodicTask, table: slots.Timetable, started: dt.datetime | None, failures: int,
+            now: dt.datetime) -> Verdict:  # fmt: skip
+    expected = expected_slot(task, table, now)
+    upcoming = schedules.next_run(task, now, table=table).at
+    if expected is not None and (started is None or started < expected):
+        return Verdict(ScheduleHealth.LATE, expected, failures, upcoming)
+    return Verdict(ScheduleHealth.FAILING if failures else ScheduleHealth.OK, None, failures, upcoming)
 
 
-def failures_in_a_row(statuses: Iterable[str]) -> int:
-    """Failed runs at the top of the newest-first `statuses` (runs not finished are passed over)."""
+def carry_failures(previous: int, newest_first: Iterable[str]) -> int:
+    """Failures in a row: the new finishes (newest first) on top of the streak they follow."""
     count = 0
-    for status in statuses:
-        if status in NEUTRAL:
-            continue
-        if status not in (celery_states.FAILURE, "EXPIRED"):
-            break
-        count += 1
-    return count
+    for status in newest_first:
+        if status in PASSED:
+            return count
+        if status in FAILED:
+            count += 1
+    return previous + count
 
 
 def check_schedules(now: dt.datetime | None = None) -> dict[str, int]:
     """Judge every enabled schedule and store what changed. Returns the count per state."""
     now = now or timezone.now()
     counts = dict.fromkeys(ScheduleHealth.STATES, 0)
+    tables = Timetables()
     enabled = PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "solar", "clocked")
-    for chunk in chunks(enabled.order_by("pk").iterator(chunk_size=CHUNK), CHUNK):
-        for found in judge_and_store(chunk, now):
+    for chunk in chunks(enabled.select_related("policy").order_by("pk").iterator(chunk_size=CHUNK), CHUNK):
+        for found in judge_and_store(chunk, tables, now):
             counts[found.state] += 1
     ScheduleHealth.objects.exclude(periodic_task__enabled=True).delete()
     return counts
 
 
-def judge_and_store(tasks: list[PeriodicTask], now: dt.datetime) -> list[Verdict]:
+def judge_and_store(tasks: list[PeriodicTask], tables: Timetables, now: dt.datetime) -> list[Verdict]:
     known = {row.pk: row for row in ScheduleHealth.objects.filter(pk__in=[task.pk for task in tasks])}
     activity = latest_activity([task.name for task in tasks])
-    verdicts, fresh = [], []
+    finishes = finished_since(tasks, known)
+    verdicts, fresh, changed = [], [], []
     for task in tasks:
-        started, done = activity.get(task.name, (None, None))
         row = known.get(task.pk)
-        # No run started or ended since the last check: the count of failures stands.
-        quiet = row is not None and max(started or row.checked_at, done or row.checked_at) < row.checked_at
-        failures = row.failures if quiet else failures_in_a_row(recent_statuses(task.name))
-        found = verdict(task, started, failures, now)
+        failures = carry_failures(row.failures if row else 0, finishes.get(task.name, []))
+        try:
+            found = verdict(task, tables.of(task), activity.get(task.name), failures, now)
+        except (slots.InvalidSchedule, ValueError, OverflowError):  # a broken row: beat does not run it either
+            continue
         verdicts.append(found)
         if row is None:
             fresh.append(ScheduleHealth(periodic_task_id=task.pk, since=now, checked_at=now, **as_fields(found)))
-        elif (row.state, row.expected_at, row.failures) != (found.state, found.expected_at, found.failures):
-            since = row.since if row.state == found.state else now
-            ScheduleHealth.objects.filter(pk=task.pk).update(since=since, **as_fields(found))
-    ScheduleHealth.objects.bulk_create(fresh, ignore_conflicts=True)
+        elif (row.state, row.expected_at, row.failures, row.next_at) != astuple(found):
+            row.since = row.since if row.state == found.state else now
+            for field, value in as_fields(found).items():
+                setattr(row, field, value)
+            changed.append(row)
+    ScheduleHealth.objects.bulk_update(changed, ["state", "expected_at", "failures", "next_at", "since"])
+    insert(fresh)
     ScheduleHealth.objects.filter(pk__in=known).update(checked_at=now)
     return verdicts
 
 
-def latest_activity(names: list[str]) -> dict[str, tuple[dt.datetime | None, dt.datetime | None]]:
-    """Per schedule name: the newest run's creation and the newest finish, in one query."""
+def latest_activity(names: list[str]) -> dict[str, dt.datetime]:
+    """Per schedule name, when its newest started run started (runs only queued do not count)."""
     rows = (
         TaskResult.objects.filter(periodic_task_name__in=names)
         .values("periodic_task_name")
-        .annotate(created=Max("date_created"), done=Max("date_done"))
-        .values_list("periodic_task_name", "created", "done")
+        .annotate(started=Max("date_started"))
+        .values_list("periodic_task_name", "started")
     )
-    return {name: (created, done) for name, created, done in rows}
+    return {name: started for name, started in rows if started}
 
 
-def recent_statuses(name: str) -> list[str]:
-    runs = TaskResult.objects.filter(periodic_task_name=name).order_by("-date_created")
-    return list(runs.values_list("status", flat=True)[:FAILURE_LOOKBACK])
+def finished_since(tasks: list[PeriodicTask], known: dict[int, ScheduleHealth]) -> dict[str, list[str]]:
+    """States of the runs that finished since each schedule's last check, newest first; for a
+    schedule checked for the first time, its last FAILURE_LOOKBACK runs."""
+    found: defaultdict[str, list[str]] = defaultdict(list)
+    seen = [task for task in tasks if task.pk in known]
+    if seen:
+        since = min(known[task.pk].checked_at for task in seen)
+        checked = {task.name: known[task.pk].checked_at for task in seen}
+        runs = TaskResult.objects.filter(periodic_task_name__in=checked, date_done__gt=since)
+        for name, status, done in runs.order_by("-date_done").values_list("periodic_task_name", "status", "date_done"):
+            if done > checked[name]:
+                found[name].append(status)
+    for task in tasks:
+        if task.pk not in known:
+            runs = TaskResult.objects.filter(periodic_task_name=task.name).order_by("-date_created")
+            found[task.name] = list(runs.values_list("status", flat=True)[:FAILURE_LOOKBACK])
+    return found
+
+
+def insert(fresh: list[ScheduleHealth]) -> None:
+    try:
+        ScheduleHealth.objects.bulk_create(fresh, ignore_conflicts=True)
+    except IntegrityError:  # a schedule deleted during the pass
+        alive = set(PeriodicTask.objects.filter(pk__in=[row.pk for row in fresh]).values_list("pk", flat=True))
+        ScheduleHealth.objects.bulk_create([row for row in fresh if row.pk in alive], ignore_conflicts=True)
 
 
 def as_fields(found: Verdict) -> dict[str, Any]:
-    return {"state": found.state, "expected_at": found.expected_at, "failures": found.failures}
+    return {"state": found.state, "expected_at": found.expected_at, "failures": found.failures,
+            "next_at": found.next_at}  # fmt: skip
+
+
+def astuple(found: Verdict) -> tuple[Any, ...]:
+    return (found.state, found.expected_at, found.failures, found.next_at)
 
 
 def chunks(items: Iterable[PeriodicTask], size: int) -> Iterator[list[PeriodicTask]]:

@@ -60,9 +60,9 @@ def zone_of(task: PeriodicTask) -> str:
     return slots.default_zone()
 
 
-def next_run(task: PeriodicTask, now: dt.datetime | None = None) -> NextRun:
+def next_run(task: PeriodicTask, now: dt.datetime | None = None, table: slots.Timetable | None = None) -> NextRun:
     """When beat will next send this schedule: the same slot computation as beat's."""
-    runs = next_runs(task, 1, now)
+    runs = next_runs(task, 1, now, table)
     return runs[0] if runs else NextRun(None, zone_of(task), why_not(task) or "no further slot")
 
 
@@ -76,13 +76,16 @@ def why_not(task: PeriodicTask, now: dt.datetime | None = None) -> str:
     return ""
 
 
-def next_runs(task: PeriodicTask, count: int, now: dt.datetime | None = None) -> list[NextRun]:
+def next_runs(
+    task: PeriodicTask, count: int, now: dt.datetime | None = None, table: slots.Timetable | None = None
+) -> list[NextRun]:
     """The next `count` runs of an enabled schedule (empty if it will not run again). A
-    slot already due, or missed, is given as beat will treat it: sent now, or skipped."""
+    slot already due, or missed, is given as beat will treat it: sent now, or skipped.
+    `table`: the schedule's timetable, if the caller already has it."""
     now = now or timezone.now()
     if why_not(task, now):
         return []
-    table = slots.timetable(task.clocked or task.interval or task.crontab or task.solar)
+    table = table or slots.timetable(task.clocked or task.interval or task.crontab or task.solar)
     slot = slots.first_slot(table, last_run_at=task.last_run_at, start_time=task.start_time, created=task.date_changed)
     if slot is not None and slot < now and (now - slot).total_seconds() > settings.BEAT_CATCH_UP_GRACE_SECONDS:
         if catch_up_of(task) == "skip" and not task.clocked_id:

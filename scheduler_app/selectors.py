@@ -11,13 +11,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from celery import current_app
 from celery import states as celery_states
 from django.db.models import Count, Q
+from django.db.models.functions import TruncHour
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import broker, leader, schedules
+from scheduler_app import broker, leader
 from scheduler_app.models import ScheduleHealth
 
 RECENT_RUNS = 20  # runs behind a schedule's success rate and median duration
@@ -124,12 +126,19 @@ def peak_concurrency(spans: list[tuple[dt.datetime, dt.datetime]]) -> int:
 
 
 def runs_per_hour(now: dt.datetime) -> list[dict[str, Any]]:
-    """The last 24 hours, hour by hour: runs by state."""
+    """The last 24 hours, hour by hour: runs by state (counted by the database)."""
     start = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=23)
     hours: dict[dt.datetime, Counter[str]] = {start + dt.timedelta(hours=i): Counter() for i in range(24)}
-    rows = TaskResult.objects.filter(date_created__gte=start).values_list("date_created", "status")
-    for created, status in rows.iterator(chunk_size=5000):
-        hours[created.replace(minute=0, second=0, microsecond=0)][bucket(status)] += 1
+    rows = (
+        TaskResult.objects.filter(date_created__gte=start, date_created__lt=start + DAY)
+        .annotate(hour=TruncHour("date_created", tzinfo=dt.UTC))
+        .values("hour", "status")
+        .annotate(n=Count("pk"))
+        .values_list("hour", "status", "n")
+    )
+    for hour, status, count in rows:
+        if hour in hours:
+            hours[hour][bucket(status)] += count
     return [{"hour": hour, "states": dict(counts), "total": sum(counts.values())} for hour, counts in hours.items()]
 
 
@@ -150,14 +159,11 @@ def median_duration_per_task(since: dt.datetime) -> list[tuple[str, float]]:
 
 
 def upcoming_runs(now: dt.datetime, limit: int = 15) -> list[tuple[PeriodicTask, dt.datetime]]:
-    """Enabled schedules due within the next 24 hours, soonest first (the first `limit`)."""
-    found = []
-    enabled = PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "solar", "clocked")
-    for task in enabled.iterator(chunk_size=500):
-        upcoming = schedules.next_run(task, now).at
-        if upcoming is not None and upcoming <= now + DAY:
-            found.append((task, upcoming))
-    return sorted(found, key=lambda item: item[1])[:limit]
+    """Enabled schedules due within the next 24 hours, soonest first, as the last check of
+    the schedules (`monitoring`, every minute) found their next runs."""
+    rows = ScheduleHealth.objects.filter(next_at__gte=now, next_at__lte=now + DAY, periodic_task__enabled=True)
+    rows = rows.select_related("periodic_task").order_by("next_at")[:limit]
+    return [(row.periodic_task, row.next_at) for row in rows]
 
 
 def recent_failures(limit: int = 10) -> list[TaskResult]:
@@ -174,6 +180,7 @@ def last_health_check() -> dict[str, Any] | None:
         result = json.loads(row.result or "{}")
     except ValueError:
         result = {}
+    result = result if isinstance(result, dict) else {}
     return {
         "at": row.date_done,
         "run": row,
@@ -185,7 +192,7 @@ def last_health_check() -> dict[str, Any] | None:
 def workers() -> list[dict[str, Any]]:
     """Workers that answered `inspect`, with the queues they consume."""
     try:
-        queues = broker.current_app.control.inspect(timeout=1.0).active_queues() or {}
+        queues = current_app.control.inspect(timeout=0.5).active_queues() or {}
     except Exception:  # noqa: BLE001  (no broker: no worker answers)
         return []
     return [{"name": name, "queues": sorted(q["name"] for q in qs)} for name, qs in sorted(queues.items())]
@@ -198,21 +205,22 @@ def beat_status() -> dict[str, Any]:
         return {"leader": None, "beats": [], "error": str(exc)}
 
 
-def dashboard(now: dt.datetime | None = None, slow: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every figure of the dashboard. `slow` holds the figures over all kept runs and the
-    upcoming runs from a recent call, if the caller keeps them (they read whole tables)."""
-    now = now or timezone.now()
-    slow = slow or {"all": run_figures(None), "upcoming": upcoming_runs(now)}
-    return {
-        "now": now,
-        "schedules": schedule_counts(),
-        "day": run_figures(now - DAY),
-        **slow,
-        "failures": recent_failures(),
-        "per_hour": runs_per_hour(now),
-        "per_task": median_duration_per_task(now - DAY),
-        "workers": workers(),
-        "queues": broker.queue_depths(),
-        "beat": beat_status(),
-        "health": last_health_check(),
-    }
+def dashboard(now: dt.datetime, *, schedules_too: bool, runs_too: bool,
+              slow: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The dashboard's figures, those about schedules and those about runs each only if
+    asked (the viewer's permissions). `slow` holds the figures over all kept runs from a
+    recent call, if the caller keeps them: they read the whole run table."""
+    figures: dict[str, Any] = {"now": now, "workers": workers(), "queues": broker.queue_depths(),
+                               "beat": beat_status()}  # fmt: skip
+    if schedules_too:
+        figures |= {"schedules": schedule_counts(), "upcoming": upcoming_runs(now)}
+    if runs_too:
+        figures |= {
+            "day": run_figures(now - DAY),
+            "all": (slow or {}).get("all") or run_figures(None),
+            "failures": recent_failures(),
+            "per_hour": runs_per_hour(now),
+            "per_task": median_duration_per_task(now - DAY),
+            "health": last_health_check(),
+        }
+    return figures

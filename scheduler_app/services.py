@@ -27,6 +27,7 @@ from scheduler_app import beat, history, states
 from scheduler_app.models import SchedulePolicy
 from scheduler_app.policy import task_policy
 
+REPR_LIMIT = 1024  # characters of a run's arguments that Celery records (argsrepr)
 SEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 FINISHED = {celery_states.SUCCESS, celery_states.FAILURE, celery_states.REVOKED, *states.TERMINAL_STATES}
 REVOCABLE = {celery_states.PENDING, celery_states.RECEIVED, celery_states.RETRY, states.WAITING, *history.RUNNING}
@@ -57,21 +58,34 @@ def username(user: Any) -> str:
 @transaction.atomic
 def pause(task: PeriodicTask, *, by: Any, note: str = "") -> None:
     """Stop sending the schedule until it is resumed, saying who paused it, when and why."""
-    policy = policy_of(task)
-    policy.paused_at, policy.paused_by, policy.pause_note = timezone.now(), by, note.strip()[:500]
-    policy.save()
-    task.enabled = False
-    task.save()
+    set_enabled(task, False, paused_at=timezone.now(), paused_by=by, pause_note=note.strip()[:500])
 
 
 @transaction.atomic
 def resume(task: PeriodicTask, *, by: Any) -> None:
     """Send the schedule again from its next slot (missed slots follow its catch-up policy)."""
-    policy = policy_of(task)
-    policy.paused_at, policy.paused_by, policy.pause_note = None, None, ""
+    set_enabled(task, True, paused_at=None, paused_by=None, pause_note="")
+
+
+def set_enabled(task: PeriodicTask, enabled: bool, **pause: Any) -> None:
+    """Write only `enabled` (and the pause facts) on the row as it is now, locked, so an
+    edit saved meanwhile by someone else, or beat's last-run write, is not undone."""
+    current = PeriodicTask.objects.select_for_update().get(pk=task.pk)
+    SchedulePolicy.objects.get_or_create(periodic_task=current)
+    policy = SchedulePolicy.objects.select_for_update().get(periodic_task=current)
+    for field, value in pause.items():
+        setattr(policy, field, value)
     policy.save()
-    task.enabled = True
-    task.save()
+    current.enabled = enabled
+    current.save(update_fields=["enabled", "last_run_at", "date_changed"])  # save(): the change log sees it
+    task.enabled, task.last_run_at = current.enabled, current.last_run_at
+
+
+def clear_pause(task: PeriodicTask) -> None:
+    """A schedule enabled in its form is no longer paused."""
+    SchedulePolicy.objects.filter(periodic_task=task, paused_at__isnull=False).update(
+        paused_at=None, paused_by=None, pause_note=""
+    )
 
 
 @transaction.atomic
@@ -162,6 +176,11 @@ def recorded_arguments(stored: str | None, what: str) -> Any:
     empty: Any = [] if what == "args" else {}
     if not stored:
         return empty
+    if len(stored) >= REPR_LIMIT - 8:  # Celery cuts a longer repr, and what is cut may still parse
+        raise ServiceError(
+            f"the run's {what} were recorded shortened (Celery keeps {REPR_LIMIT} characters); "
+            "run the schedule again instead, or send the task with its full arguments."
+        )
     try:
         value = json.loads(stored)
         value = ast.literal_eval(value) if isinstance(value, str) else value
@@ -179,8 +198,8 @@ def revoke_run(row: TaskResult, *, by: Any) -> None:
     """Stop a queued or running run: workers drop it when it arrives, or end it (SIGTERM)."""
     if row.status not in REVOCABLE:
         raise ServiceError(f"run {row.task_id} is already {row.status}; only a queued or running run can be revoked.")
-    try:
-        current_app.control.revoke(row.task_id, terminate=row.status in history.RUNNING, signal="SIGTERM")
+    try:  # terminate only touches a run that has started; asking for it covers a start just now
+        current_app.control.revoke(row.task_id, terminate=True, signal="SIGTERM")
     except BrokerError as exc:
         raise ServiceError(f"the broker did not answer ({exc}); nothing was revoked. Check that Redis is up.") from None
     meta = {**history.run_context(row), "revoked_by": username(by), "revoked_at": timezone.now().isoformat()}
@@ -219,8 +238,8 @@ def record_pending(task_id: str, task_name: str, args: Any, kwargs: Any, header:
         task_name=task_name,
         periodic_task_name=header.get("schedule"),
         status=celery_states.PENDING,
-        task_args=json.dumps(saferepr(args, 1024)),
-        task_kwargs=json.dumps(saferepr(kwargs, 1024)),
+        task_args=json.dumps(saferepr(args, REPR_LIMIT)),
+        task_kwargs=json.dumps(saferepr(kwargs, REPR_LIMIT)),
         content_type="application/json",
         content_encoding="utf-8",
         meta=json.dumps(meta),

@@ -30,6 +30,7 @@ from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, SolarSchedule
 
 UTC = dt.UTC
+MAX_INTERVAL_SECONDS = 100 * 366 * 86400
 ScheduleRow = IntervalSchedule | CrontabSchedule | SolarSchedule | ClockedSchedule
 
 
@@ -48,8 +49,11 @@ class Interval:
     seconds: float
     zone: str = "UTC"
 
-    def slot_after(self, moment: dt.datetime) -> dt.datetime:
-        return moment + dt.timedelta(seconds=self.seconds)
+    def slot_after(self, moment: dt.datetime) -> dt.datetime | None:
+        try:
+            return moment + dt.timedelta(seconds=self.seconds)
+        except OverflowError:  # past the year 9999: no more slots
+            return None
 
     def slot_following(self, last: dt.datetime, now: dt.datetime) -> dt.datetime:
         steps = math.floor((now - last).total_seconds() / self.seconds) + 1
@@ -91,9 +95,12 @@ class Cron:
     def _first_after(self, moment: dt.datetime) -> dt.datetime | None:
         """cronsim walks local wall time: started inside a repeated hour it may answer with
         the hour's first pass, an instant before `moment`. Walk on until it is after."""
-        for found in self._iterate(moment):
-            if found.astimezone(UTC) > moment:
-                return found.astimezone(UTC)
+        try:
+            for found in self._iterate(moment):
+                if found.astimezone(UTC) > moment:
+                    return found.astimezone(UTC)
+        except (OverflowError, ValueError):  # past the year 9999: no more slots
+            return None
         return None
 
     def slot_following(self, last: dt.datetime, now: dt.datetime) -> dt.datetime | None:
@@ -146,9 +153,12 @@ def cron_expression(row: CrontabSchedule) -> str:
 def timetable(row: ScheduleRow) -> Timetable:
     """The timetable of a django-celery-beat schedule row."""
     if isinstance(row, IntervalSchedule):
-        seconds = dt.timedelta(**{row.period: row.every}).total_seconds()
-        if seconds <= 0:
-            raise InvalidSchedule(f"an interval must be at least 1 second, not {row.every} {row.period}")
+        try:
+            seconds = dt.timedelta(**{row.period: row.every}).total_seconds()
+        except (OverflowError, TypeError):
+            seconds = math.inf
+        if not 1 <= seconds <= MAX_INTERVAL_SECONDS:
+            raise InvalidSchedule(f"an interval must be 1 second to 100 years, not {row.every} {row.period}")
         return Interval(seconds, default_zone())
     if isinstance(row, CrontabSchedule):
         return Cron(cron_expression(row), str(row.timezone))

@@ -72,3 +72,12 @@ def _empty_broker(client: redis.Redis) -> None:
     for pattern in ("celery*", "_kombu*", "unacked*", "beatkeeper:*"):
         for key in client.scan_iter(match=pattern):
             client.delete(key)
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache() -> Iterator[None]:
+    """The dashboard shares its figures for a few seconds through the cache: not between tests."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield

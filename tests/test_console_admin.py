@@ -204,7 +204,10 @@ def test_it_shows_a_staff_user_without_permissions_no_figures() -> None:
     assert client.get(SCHEDULES).status_code == 403
     user = User.objects.get(username="staff")
     user.user_permissions.add(Permission.objects.get(codename="view_run"))
-    assert client.get("/admin/dashboard/").status_code == 200
+    make_schedule("hidden schedule", enabled=True)
+    body = client.get("/admin/dashboard/").content.decode()
+    assert "Runs, last 24 h" in body
+    assert "Schedules</h3>" not in body and "Upcoming runs" not in body and "hidden schedule" not in body
     run = run_row("x", "FAILURE")
     assert client.post(reverse("admin:scheduler_app_run_do", args=[run.pk, "retry"])).status_code == 403
 
@@ -249,3 +252,35 @@ def test_it_reports_a_bad_schedule_field_once_without_the_models_generic_error()
     PeriodicTask.objects.create(name="taken", task=TASK, crontab=CrontabSchedule.objects.create())
     form = ScheduleForm(form_data(name="taken", minute="61"))
     assert not form.is_valid() and set(form.errors) == {"minute", "name"}
+
+
+def test_it_duplicates_from_the_schedules_page_and_shows_the_copy(admin_client: Client) -> None:
+    task = make_schedule("original")
+    response = admin_client.post(reverse("admin:scheduler_app_schedule_do", args=[task.pk, "duplicate"]))
+    copy = PeriodicTask.objects.get(name="original (copy)")
+    assert response.status_code == 302 and response["Location"].endswith(f"/{copy.pk}/change/")
+    assert copy.enabled is False
+
+
+def test_it_lists_broken_rows_written_elsewhere_instead_of_failing(admin_client: Client) -> None:
+    make_schedule("fine")
+    broken = make_schedule("no schedule at all")
+    PeriodicTask.objects.filter(pk=broken.pk).update(interval=None)
+    TaskResult.objects.create(task_id="odd", task_name=TASK, status="SUCCESS", meta="[1, 2]")
+    TaskResult.objects.create(task_id="odder", task_name=TASK, status="SUCCESS", meta='{"scheduled_for": "soon"}')
+    body = admin_client.get(SCHEDULES).content.decode()
+    assert "invalid schedule" in body and "fine" in body
+    assert admin_client.get(RUNS).status_code == 200
+    assert admin_client.get("/admin/dashboard/panel/").status_code == 200
+
+
+def test_it_previews_from_the_start_time_given_in_the_pages_split_fields(admin_client: Client) -> None:
+    data = form_data(start_time_0="2031-06-01", start_time_1="00:00:00")
+    runs = admin_client.get(SCHEDULES + "preview/", data).json()["runs"]
+    assert runs[0]["utc"].startswith("2031-06-01T00:30")  # 02:30 in Berlin (summer time)
+
+
+def test_it_refuses_an_interval_too_long_to_compute() -> None:
+    form = ScheduleForm(form_data(kind="interval", every="3000000", period="days"))
+    assert not form.is_valid()
+    assert "1 second to 100 years" in str(form.errors)

@@ -24,8 +24,8 @@ def every_ten_minutes(name: str = "ten") -> PeriodicTask:
 
 
 def ran(name: str, at: dt.datetime, status: str = "SUCCESS") -> None:
-    row = TaskResult.objects.create(task_id=str(uuid.uuid4()), periodic_task_name=name, status=status, date_done=at)
-    TaskResult.objects.filter(pk=row.pk).update(date_created=at, date_started=at)
+    row = TaskResult.objects.create(task_id=str(uuid.uuid4()), periodic_task_name=name, status=status)
+    TaskResult.objects.filter(pk=row.pk).update(date_created=at, date_started=at, date_done=at)  # not auto_now
 
 
 def state_of(task: PeriodicTask) -> ScheduleHealth:
@@ -87,3 +87,14 @@ def test_it_starts_afresh_after_a_schedule_is_changed() -> None:
         task.save()  # date_changed moves: slots before it no longer count
         assert monitoring.check_schedules()["late"] == 0
         assert timezone.now() == START + dt.timedelta(hours=1)
+
+
+def test_it_keeps_a_queued_run_from_hiding_lateness_and_stores_the_next_run() -> None:
+    with time_machine.travel(START, tick=False) as clock:
+        task = every_ten_minutes()
+        clock.move_to(START + dt.timedelta(minutes=16))
+        queued = TaskResult.objects.create(task_id=str(uuid.uuid4()), periodic_task_name=task.name, status="PENDING")
+        assert monitoring.check_schedules()["late"] == 1  # queued is not started
+        assert state_of(task).next_at == START + dt.timedelta(minutes=20)  # 12:10 was missed: skipped, as beat will
+        TaskResult.objects.filter(pk=queued.pk).update(status="STARTED", date_started=timezone.now())
+        assert monitoring.check_schedules()["late"] == 0

@@ -1,6 +1,8 @@
 """The dashboard: the console's front page of figures, refreshed in place every few
-seconds (the page fetches its panel again; nothing else reloads). The figures over all
-kept runs are cached for a minute: they read the whole run table."""
+seconds (the page fetches its panel again; nothing else reloads). A viewer sees the
+schedule figures with the permission to view schedules, the run figures with the
+permission to view runs. The figures are shared between viewers for a few seconds, and
+those over all kept runs for a minute: they read the whole run table."""
 
 from __future__ import annotations
 
@@ -17,31 +19,42 @@ from scheduler_app import selectors
 from scheduler_app.admin import charts
 
 REFRESH_SECONDS = 10
+SHARED_SECONDS = 5
 SLOW_FIGURES_SECONDS = 60
+SLOW_KEY = "beatkeeper:dashboard:all-runs"
 
 
-def can_see(request: HttpRequest) -> bool:
+def permissions(request: HttpRequest) -> tuple[bool, bool]:
     user = request.user
-    return user.has_perm("django_celery_beat.view_periodictask") or user.has_perm("scheduler_app.view_run")
+    return user.has_perm("django_celery_beat.view_periodictask"), user.has_perm("scheduler_app.view_run")
 
 
-def figures() -> dict[str, Any]:
-    now = timezone.now()
-    data = selectors.dashboard(now, slow=cache.get("beatkeeper:dashboard:slow"))
-    cache.set("beatkeeper:dashboard:slow", {"all": data["all"], "upcoming": data["upcoming"]}, SLOW_FIGURES_SECONDS)
-    data["hour_chart"] = charts.runs_per_hour(data["per_hour"])
-    data["task_chart"] = charts.median_per_task(data["per_task"])
-    return data
+def figures(schedules_too: bool, runs_too: bool) -> dict[str, Any]:
+    key = f"beatkeeper:dashboard:{int(schedules_too)}{int(runs_too)}"
+    data = cache.get(key)
+    if data is None:
+        slow = cache.get(SLOW_KEY)
+        data = selectors.dashboard(timezone.now(), schedules_too=schedules_too, runs_too=runs_too, slow=slow)
+        if runs_too:
+            if slow is None:  # kept for a minute from when it was computed, not from each view
+                cache.set(SLOW_KEY, {"all": data["all"]}, SLOW_FIGURES_SECONDS)
+            data["hour_chart"] = charts.runs_per_hour(data["per_hour"])
+            data["task_chart"] = charts.median_per_task(data["per_task"])
+        cache.set(key, data, SHARED_SECONDS)
+    return {**data, "show_schedules": schedules_too, "show_runs": runs_too}
 
 
 def dashboard_view(request: HttpRequest) -> HttpResponse:
-    if not can_see(request):
+    allowed = permissions(request)
+    if not any(allowed):
         raise PermissionDenied
-    context = {**admin.site.each_context(request), "title": "Dashboard", "refresh": REFRESH_SECONDS, **figures()}
+    context = {**admin.site.each_context(request), "title": "Dashboard", "refresh": REFRESH_SECONDS,
+               **figures(*allowed)}  # fmt: skip
     return TemplateResponse(request, "beatkeeper/dashboard.html", context)
 
 
 def panel_view(request: HttpRequest) -> HttpResponse:
-    if not can_see(request):
+    allowed = permissions(request)
+    if not any(allowed):
         raise PermissionDenied
-    return TemplateResponse(request, "beatkeeper/dashboard_panel.html", figures())
+    return TemplateResponse(request, "beatkeeper/dashboard_panel.html", figures(*allowed))

@@ -12,7 +12,8 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import CharField, Func, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -26,6 +27,7 @@ from scheduler_app.admin import display
 from scheduler_app.history import TRIGGERS, run_context
 from scheduler_app.models import Run
 
+TRIGGER_SQL = 'substring(%(expressions)s from \'"trigger": "([a-z]+)"\')'
 COUNT_CAP = 10_000  # a filtered list counts no further than this
 SINCE = {"1h": dt.timedelta(hours=1), "24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7),
          "30d": dt.timedelta(days=30)}  # fmt: skip
@@ -39,7 +41,9 @@ class CappedPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        return self.object_list[: COUNT_CAP + 1].count()
+        # Without the list's order, the count reads the filter's own index (4 ms instead of
+        # 130 ms for a task filter at a million runs, bench/runs_admin.py).
+        return self.object_list.order_by()[: COUNT_CAP + 1].count()
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -91,7 +95,17 @@ class TriggerFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
         if self.value() not in TRIGGERS:
             return queryset
+        if connection.vendor == "postgresql":  # through the expression index of migration 0004
+            return queryset.alias(trigger=TriggerOf("meta")).filter(trigger=self.value())
         return queryset.filter(meta__contains=json.dumps({"trigger": self.value()})[1:-1])
+
+
+class TriggerOf(Func):
+    """The trigger in a run's meta text, as PostgreSQL's index `bk_run_trigger_created` has it
+    (a regular expression, not a JSON cast: a row whose meta is not JSON must still insert)."""
+
+    template = TRIGGER_SQL
+    output_field = CharField()
 
 
 class SinceFilter(admin.SimpleListFilter):
@@ -198,7 +212,10 @@ class RunAdmin(admin.ModelAdmin):
     @admin.display(description="scheduled for")
     def scheduled_for(self, run: Run) -> str:
         value = run_context(run).get("scheduled_for")
-        return dt.datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S") if value else "–"
+        try:
+            return dt.datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
+        except (TypeError, ValueError):
+            return str(value) if value else "–"
 
     @admin.display(description="took")
     def took(self, run: Run) -> str:

@@ -4,6 +4,7 @@ goes through `scheduler_app.services`, so beat's change log sees it."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.contrib import admin, messages
@@ -20,7 +21,7 @@ from django.views.decorators.http import require_POST
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import schedules, selectors, services
+from scheduler_app import schedules, selectors, services, slots
 from scheduler_app.admin import display
 from scheduler_app.admin.forms import ScheduleActionForm, ScheduleForm, zone_choices
 from scheduler_app.models import ScheduleHealth, SchedulePolicy
@@ -125,7 +126,15 @@ class ScheduleChangeList(ChangeList):
         now = timezone.now()
         for task in self.result_list:
             task.stats = stats.get(task.name)
-            task.upcoming = schedules.next_run(task, now)
+            task.upcoming = safe_next_run(task, now)
+
+
+def safe_next_run(task: PeriodicTask, now: dt.datetime | None = None) -> schedules.NextRun:
+    """A row the form would refuse (written elsewhere) is shown as such, never a 500."""
+    try:
+        return schedules.next_run(task, now)
+    except Exception as exc:  # noqa: BLE001  (any broken row: say why, list the rest)
+        return schedules.NextRun(None, "UTC", f"invalid schedule: {exc}")
 
 
 class ScheduleAdmin(admin.ModelAdmin):
@@ -176,7 +185,10 @@ class ScheduleAdmin(admin.ModelAdmin):
     # --- columns -------------------------------------------------------------------------
     @admin.display(description="schedule")
     def schedule(self, task: PeriodicTask) -> str:
-        return schedules.describe(task)
+        try:
+            return schedules.describe(task)
+        except Exception as exc:  # noqa: BLE001  (cron-descriptor refuses what beat also refuses)
+            return f"invalid: {exc}"
 
     @admin.display(description="zone")
     def zone(self, task: PeriodicTask) -> str:
@@ -184,7 +196,7 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     @admin.display(description="next run")
     def next_run(self, task: PeriodicTask) -> str:
-        upcoming = getattr(task, "upcoming", None) or schedules.next_run(task)
+        upcoming = getattr(task, "upcoming", None) or safe_next_run(task)
         if upcoming.at is None:
             return format_html('<span class="bk-muted">{}</span>', upcoming.reason)
         return display.local_and_utc(upcoming.local(), upcoming.at)
@@ -272,6 +284,8 @@ class ScheduleAdmin(admin.ModelAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         services.policy_of(form.instance)  # every schedule made here has its policy row
+        if form.instance.enabled:
+            services.clear_pause(form.instance)
 
     def changeform_view(self, request: HttpRequest, object_id: str | None = None, form_url: str = "",
                         extra_context: dict[str, Any] | None = None) -> HttpResponse:  # fmt: skip
@@ -336,20 +350,23 @@ class ScheduleAdmin(admin.ModelAdmin):
         """The next runs of the form's schedule as it stands (nothing is saved)."""
         if not (self.has_add_permission(request) or self.has_change_permission(request)):
             raise PermissionDenied
-        form = ScheduleForm(request.GET)
+        form = self.get_form(request)(request.GET)  # the page's own widgets (split date and time)
         form.is_valid()
         errors = {field: list(errors) for field, errors in form.errors.items() if field in SCHEDULE_FIELDS}
         if errors or form.schedule_row is None:
             return JsonResponse({"ok": False, "errors": errors})
-        preview = form.preview()
+        try:
+            preview = form.preview()
+        except (slots.InvalidSchedule, OverflowError) as exc:
+            return JsonResponse({"ok": False, "errors": {"__all__": [str(exc)]}})
         runs = [{"local": r["local"].isoformat(), "utc": r["utc"].isoformat(), "dst_change": r["dst_change"]}
                 for r in preview["runs"]]  # fmt: skip
         return JsonResponse({"ok": True, "zone": preview["zone"], "runs": runs})
 
     def button_view(self, request: HttpRequest, pk: int, what: str) -> HttpResponse:
         task = get_object_or_404(PeriodicTask, pk=pk)
-        needed = "add" if what == "duplicate" else "change"
-        if what not in BUTTONS or not getattr(self, f"has_{needed}_permission")(request, task):
+        allowed = self.has_add_permission(request) if what == "duplicate" else self.has_change_permission(request, task)
+        if what not in BUTTONS or not allowed:
             raise PermissionDenied
         try:
             shown = self.apply(request, task, what)

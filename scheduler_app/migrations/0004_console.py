@@ -12,6 +12,24 @@ RUN_INDEXES = [
 ]
 
 
+TRIGGER_INDEX = "bk_run_trigger_created"
+TRIGGER_EXPRESSION = """substring(meta from '"trigger": "([a-z]+)"')"""  # the trigger filter's own expression
+
+
+def create_trigger_index(apps, schema_editor):
+    """PostgreSQL only: the runs list's trigger filter reads this index (SQLite scans)."""
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(
+            f"CREATE INDEX IF NOT EXISTS {TRIGGER_INDEX} ON django_celery_results_taskresult "
+            f"(({TRIGGER_EXPRESSION}), date_created)"
+        )
+
+
+def drop_trigger_index(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(f"DROP INDEX IF EXISTS {TRIGGER_INDEX}")
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -31,6 +49,7 @@ class Migration(migrations.Migration):
             )
             for name, column in RUN_INDEXES
         ],
+        migrations.RunPython(create_trigger_index, drop_trigger_index),
         migrations.CreateModel(
             name='ScheduleHealth',
             fields=[
@@ -39,6 +58,7 @@ class Migration(migrations.Migration):
                 ('since', models.DateTimeField(help_text='When the schedule entered this state.')),
                 ('expected_at', models.DateTimeField(blank=True, help_text='The slot that has not started (late).', null=True)),
                 ('failures', models.PositiveIntegerField(default=0, help_text='Failed runs in a row, newest first.')),
+                ('next_at', models.DateTimeField(blank=True, db_index=True, help_text='Its next run, as last checked.', null=True)),
                 ('checked_at', models.DateTimeField()),
             ],
             options={
