@@ -15,7 +15,6 @@ from celery import current_app
 from celery import states as celery_states
 from django.db.models import Count, Q
 from django.db.models.functions import TruncHour
-from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
