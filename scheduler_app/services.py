@@ -96,12 +96,14 @@ def duplicate(task: PeriodicTask, *, by: Any) -> PeriodicTask:
     copy.pk, copy.id, copy.name = None, None, free_name(f"{task.name} (copy)")
     copy.enabled, copy.last_run_at, copy.total_run_count = False, None, 0
     copy.save()
-    if policy is not None:
-        policy.pk, policy.periodic_task = copy.pk, copy
-        policy.catalog_key, policy.seeded_state = "", {}
-        policy.paused_at, policy.paused_by, policy.pause_note = None, None, ""
-        policy.owner = by if policy.owner is None else policy.owner
-        policy.save(force_insert=True)
+    if policy is None:
+        SchedulePolicy.objects.create(periodic_task=copy, owner=by)
+        return copy
+    policy.pk, policy.periodic_task = copy.pk, copy
+    policy.catalog_key, policy.seeded_state = "", {}
+    policy.paused_at, policy.paused_by, policy.pause_note = None, None, ""
+    policy.owner = by if policy.owner is None else policy.owner
+    policy.save(force_insert=True)
     return copy
 
 

@@ -5,6 +5,7 @@ named by the environment fails the whole run at once; nothing is skipped."""
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -81,3 +82,13 @@ def _empty_cache() -> Iterator[None]:
 
     cache.clear()
     yield
+
+
+@pytest.fixture
+def key() -> Iterator[str]:
+    """A fresh name for a test's Redis counters, schedule and lock; its keys go afterwards."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for stale in client.scan_iter(match=f"*{name}*"):
+        client.delete(stale)

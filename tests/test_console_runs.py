@@ -4,8 +4,6 @@ while no worker listened never runs; a running run is ended; a retry runs again,
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +19,6 @@ from tests.processes import wait_for, worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TASKS = ("--include", "tests.tasks")
-
-
-@pytest.fixture
-def key() -> Iterator[str]:
-    name = f"console-{uuid.uuid4().hex[:10]}"
-    yield name
-    client = redis_client()
-    for stale in client.scan_iter(match=f"*{name}*"):
-        client.delete(stale)
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +23,6 @@ from tests.processes import Process, wait_for, worker
 pytestmark = pytest.mark.django_db(transaction=True)
 TASKS = ("--include", "tests.tasks")
 FINAL = ("SUCCESS", "FAILURE", "SKIPPED", "EXPIRED")
-
-
-@pytest.fixture
-def key() -> Iterator[str]:
-    """A fresh name for a test's Redis counters and its schedule's lock."""
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    yield name
-    client = redis_client()
-    for stale in client.scan_iter(match=f"*{name}*"):
-        client.delete(stale)
 
 
 def send(task: str, key: str, *, policy: dict[str, Any] | None = None, **options: Any) -> str:
