@@ -284,3 +284,12 @@ def test_it_refuses_an_interval_too_long_to_compute() -> None:
     form = ScheduleForm(form_data(kind="interval", every="3000000", period="days"))
     assert not form.is_valid()
     assert "1 second to 100 years" in str(form.errors)
+
+
+def test_it_previews_a_solar_schedule(admin_client: Client) -> None:
+    data = form_data(kind="solar", solar_event="sunrise", latitude="52.52", longitude="13.405")
+    with time_machine.travel(dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC), tick=False):
+        runs = admin_client.get(SCHEDULES + "preview/", data).json()["runs"]
+    assert len(runs) == 5
+    assert runs[0]["utc"].startswith("2026-06-02T02:4")  # Berlin's sunrise, 04:4x summer time
+    assert [run["utc"][:10] for run in runs] == ["2026-06-02", "2026-06-03", "2026-06-04", "2026-06-05", "2026-06-06"]
