@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 
 from maintenance import health, runs, sessions, statistics, system, tempfiles
-from scheduler_app import broker, monitoring
+from scheduler_app import alerts, broker, monitoring
 from scheduler_app.catalog import Cron, Every, platform_task
 
 HOUR = 3600
@@ -113,6 +113,21 @@ def purge_expired_sessions() -> dict[str, Any]:
 def check_schedules() -> dict[str, Any]:
     """Mark each enabled schedule on time, late (its run did not start in time) or failing."""
     return {"schedules": monitoring.check_schedules()}
+
+
+@platform_task(
+    name="maintenance.send_alert",
+    max_retries=6,  # about 5 minutes of attempts: 5, 10, 20, 40, 80, 160 s (with jitter)
+    retry_backoff=5,
+    soft_time_limit=60,
+    time_limit=90,
+    retry_for=alerts.RETRY_FOR,
+)
+def send_alert(incident_id: int, channel: str) -> dict[str, Any]:
+    """Deliver one incident through one channel (queued once per channel by the checks)."""
+    attempt = send_alert.request.retries + 1
+    last = send_alert.request.retries >= send_alert.effective_policy().max_retries
+    return alerts.deliver(incident_id, channel, attempt=attempt, last_attempt=last)
 
 
 def platform_sample() -> health.PlatformSample:

@@ -6,13 +6,14 @@ deployment stops at start-up with a message an operator can act on.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -65,6 +66,45 @@ def integer(name: str, default: int, minimum: int = 0) -> int:
 
 def items(name: str, default: str = "", separator: str = ",") -> list[str]:
     return [item.strip() for item in string(name, default).split(separator) if item.strip()]
+
+
+def networks(name: str, default: str = "") -> list[str]:
+    """Comma-separated IP networks (CIDR; a bare address is one host), checked at start-up."""
+    found = []
+    for item in items(name, default):
+        try:
+            found.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name} has {item!r}, not an IP network: use e.g. 10.0.0.0/8,192.168.1.7,::1/128."
+            ) from None
+    return found
+
+
+def emails(name: str) -> list[str]:
+    """Comma-separated e-mail addresses, each checked at start-up."""
+    from django.core.validators import validate_email  # needs no settings
+
+    found = items(name)
+    for item in found:
+        try:
+            validate_email(item)
+        except ValidationError:
+            raise ImproperlyConfigured(
+                f"{name} has {item!r}, not an e-mail address: use e.g. ops@example.com,oncall@example.com."
+            ) from None
+    return found
+
+
+def http_url(name: str) -> str:
+    """An http(s) URL with a host, or "" when unset."""
+    url = string(name)
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise ImproperlyConfigured(
+            f"{name}={redact(url)!r} is not an http(s) URL: use e.g. https://hooks.example.com/x."
+        )
+    return url
 
 
 def database(name: str, default: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from scheduler_app.admin.dashboard import dashboard_view, panel_view
 
@@ -13,4 +13,5 @@ urlpatterns = [
     path("admin/dashboard/", admin.site.admin_view(dashboard_view), name="beatkeeper-dashboard"),
     path("admin/dashboard/panel/", admin.site.admin_view(panel_view), name="beatkeeper-dashboard-panel"),
     path("admin/", admin.site.urls),
+    path("api/", include("scheduler_app.api.urls")),
 ]

@@ -86,6 +86,25 @@ class SchedulePolicy(models.Model):
         related_name="owned_schedules",
         help_text="Who answers for this schedule.",
     )
+    late_after = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(10)],
+        help_text="Seconds a slot may go without a started run before the schedule is late; "
+        "empty: half the period, between a minute and an hour.",
+    )
+    alert_after_failures = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Failed runs in a row that make the schedule failing; empty: 1.",
+    )
+    pause_after_failures = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Pause the schedule after this many failed runs in a row; empty: never.",
+    )
     paused_at = models.DateTimeField(null=True, blank=True)
     paused_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
@@ -180,3 +199,51 @@ class Run(TaskResult):
         proxy = True
         verbose_name = "run"
         permissions = [("retry_run", "Can retry a run"), ("revoke_run", "Can revoke a run")]
+
+
+class Incident(models.Model):
+    """One transition of a schedule's health: it became late, it became failing, or it
+    recovered. Written by `monitoring` once per transition; alerts are sent from it."""
+
+    LATE, FAILING, RECOVERED = "late", "failing", "recovered"
+    KINDS = (LATE, FAILING, RECOVERED)
+
+    periodic_task = models.ForeignKey(
+        PeriodicTask, on_delete=models.SET_NULL, null=True, blank=True, related_name="incidents"
+    )
+    schedule_name = models.CharField(max_length=200, help_text="The schedule's name when it happened.")
+    kind = models.CharField(max_length=10, choices=[(k, k) for k in KINDS])
+    at = models.DateTimeField(db_index=True)
+    detail: models.JSONField[dict[str, Any], dict[str, Any]] = models.JSONField(default=dict, blank=True)
+    auto_paused = models.BooleanField(default=False)
+    deliveries: models.JSONField[dict[str, Any], dict[str, Any]] = models.JSONField(
+        default=dict, blank=True, help_text="Per channel: sent, or the last error."
+    )
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["periodic_task", "-at"], name="bk_incident_schedule_at")]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_name} {self.kind} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class AuditEntry(models.Model):
+    """Who changed what, when, and through which door (API, admin, command)."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    actor_name = models.CharField(max_length=150, blank=True)
+    via = models.CharField(max_length=10, default="api")
+    action = models.CharField(max_length=20)
+    object_type = models.CharField(max_length=40)
+    object_id = models.CharField(max_length=64)
+    object_repr = models.CharField(max_length=200, blank=True)
+    changes: models.JSONField[dict[str, Any], dict[str, Any]] = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.actor_name or 'system'} {self.action} {self.object_type} {self.object_id}"

@@ -3,10 +3,16 @@
 A schedule is **late** when the slot it should have run by now (the latest slot before
 now minus its grace time) has no run that started at or after it: beat did not send it,
 or no worker took it. The grace time follows the period: half of it, at least a minute,
-at most an hour. A schedule is **failing** when its newest finished run failed (the
-count of failures in a row is kept). `check_schedules` stores the verdict, and the next
-run time, in `ScheduleHealth`, which the console's filters and dashboard read; the
-`maintenance.check_schedules` task runs it every minute.
+at most an hour, unless the schedule's policy sets its own (`late_after`). A schedule is
+**failing** when its newest finished runs failed, `alert_after_failures` of them in a row
+(default 1; the count of failures in a row is kept). `check_schedules` stores the
+verdict, and the next run time, in `ScheduleHealth`, which the console's filters and
+dashboard read; the `maintenance.check_schedules` task runs it every minute.
+
+Each change of state (ok, late, failing) writes one `Incident`, in the same transaction
+as the new state, and queues its alerts (`scheduler_app.alerts`); a schedule that stays
+late or failing writes nothing more. Passes never overlap (the task's `overlap="skip"`),
+so a transition is seen once.
 
 Each pass reads a chunk of 500 schedules at a time with a fixed number of queries: the
 newest start and finish per schedule, and only the runs that finished since the last
@@ -22,14 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import states as celery_states
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import schedules, slots
-from scheduler_app.models import ScheduleHealth
+from scheduler_app import alerts, schedules, slots
+from scheduler_app.models import ScheduleHealth, SchedulePolicy
 
 MIN_GRACE = dt.timedelta(minutes=1)
 MAX_GRACE = dt.timedelta(hours=1)
@@ -58,8 +64,20 @@ class Timetables(dict[tuple[str, int], slots.Timetable]):
         return self[key]
 
 
-def grace_for(table: slots.Timetable, now: dt.datetime) -> dt.timedelta:
-    """Half the schedule's period, between a minute and an hour."""
+def policy_of(task: PeriodicTask) -> SchedulePolicy | None:
+    """The schedule's policy row, read with the schedule (None: it has none)."""
+    try:
+        return task.policy  # type: ignore[no-any-return]
+    except SchedulePolicy.DoesNotExist:
+        return None
+
+
+def grace_for(table: slots.Timetable, now: dt.datetime, task: PeriodicTask | None = None) -> dt.timedelta:
+    """The schedule's own `late_after` if its policy sets one; else half its period,
+    between a minute and an hour."""
+    policy = policy_of(task) if task is not None else None
+    if policy is not None and policy.late_after:
+        return dt.timedelta(seconds=policy.late_after)
     first = table.slot_after(now)
     second = table.slot_after(first) if first else None
     if first is None or second is None:
@@ -69,13 +87,19 @@ def grace_for(table: slots.Timetable, now: dt.datetime) -> dt.timedelta:
 
 def expected_slot(task: PeriodicTask, table: slots.Timetable, now: dt.datetime) -> dt.datetime | None:
     """The latest slot that should have started by now (None: none is due yet). Slots from
-    before the schedule's last change do not count: an edit or a resume starts afresh."""
-    cutoff = now - grace_for(table, now)
-    if task.last_run_at and task.last_run_at >= task.date_changed:
-        start: dt.datetime | None = task.last_run_at
-    else:
-        start = slots.first_slot(table, last_run_at=None, start_time=task.start_time, created=task.date_changed)
-    if start is None or start > cutoff:
+    before the schedule's last change do not count: an edit or a resume starts afresh.
+
+    The count goes on from the slot beat sent last (`last_run_at`) only when that slot is
+    past its grace: a running beat sends every slot on time, so its last one is mostly
+    still within the grace, and the slot due is then an earlier one. An interval or a
+    crontab finds it from the first slot at once; other timetables walk, so they keep
+    going on from the last slot sent."""
+    cutoff = now - grace_for(table, now, task)
+    first = slots.first_slot(table, last_run_at=None, start_time=task.start_time, created=task.date_changed)
+    last = task.last_run_at if task.last_run_at and task.last_run_at >= task.date_changed else None
+    walks_back = isinstance(table, slots.Interval | slots.Cron)
+    start = last if last is not None and (last <= cutoff or not walks_back) else first
+    if start is None or start > cutoff or (first is not None and first > cutoff):
         return None
     return slots.latest_until(table, start, cutoff)
 
@@ -86,7 +110,21 @@ def verdict(task: PeriodicTask, table: slots.Timetable, started: dt.datetime | N
     upcoming = schedules.next_run(task, now, table=table).at
     if expected is not None and (started is None or started < expected):
         return Verdict(ScheduleHealth.LATE, expected, failures, upcoming)
-    return Verdict(ScheduleHealth.FAILING if failures else ScheduleHealth.OK, None, failures, upcoming)
+    failing = failures >= failures_to_alert(task)
+    return Verdict(ScheduleHealth.FAILING if failing else ScheduleHealth.OK, None, failures, upcoming)
+
+
+def failures_to_alert(task: PeriodicTask) -> int:
+    """Failed runs in a row that make the schedule failing: its policy's, else 1."""
+    policy = policy_of(task)
+    return (policy.alert_after_failures if policy else None) or 1
+
+
+def reaches_pause(task: PeriodicTask, found: Verdict) -> bool:
+    """Whether the schedule's failures in a row reached its `pause_after_failures`. Paused,
+    it leaves the enabled set, so this holds on one pass only."""
+    policy = policy_of(task)
+    return bool(policy and policy.pause_after_failures and found.failures >= policy.pause_after_failures)
 
 
 def carry_failures(previous: int, newest_first: Iterable[str]) -> int:
@@ -117,7 +155,7 @@ def judge_and_store(tasks: list[PeriodicTask], tables: Timetables, now: dt.datet
     known = {row.pk: row for row in ScheduleHealth.objects.filter(pk__in=[task.pk for task in tasks])}
     activity = latest_activity([task.name for task in tasks])
     finishes = finished_since(tasks, known)
-    verdicts, fresh, changed = [], [], []
+    verdicts, fresh, changed, transitions = [], [], [], []
     for task in tasks:
         row = known.get(task.pk)
         failures = carry_failures(row.failures if row else 0, finishes.get(task.name, []))
@@ -126,6 +164,9 @@ def judge_and_store(tasks: list[PeriodicTask], tables: Timetables, now: dt.datet
         except (slots.InvalidSchedule, ValueError, OverflowError):  # a broken row: beat does not run it either
             continue
         verdicts.append(found)
+        before = row.state if row else ScheduleHealth.OK  # a schedule seen first was on time until now
+        if found.state != before or reaches_pause(task, found):
+            transitions.append(transition(task, row, found, activity.get(task.name), tables, now))
         if row is None:
             fresh.append(ScheduleHealth(periodic_task_id=task.pk, since=now, checked_at=now, **as_fields(found)))
         elif (row.state, row.expected_at, row.failures, row.next_at) != astuple(found):
@@ -133,10 +174,27 @@ def judge_and_store(tasks: list[PeriodicTask], tables: Timetables, now: dt.datet
             for field, value in as_fields(found).items():
                 setattr(row, field, value)
             changed.append(row)
-    ScheduleHealth.objects.bulk_update(changed, ["state", "expected_at", "failures", "next_at", "since"])
-    insert(fresh)
-    ScheduleHealth.objects.filter(pk__in=known).update(checked_at=now)
+    with transaction.atomic():  # the new states and their incidents, together
+        ScheduleHealth.objects.bulk_update(changed, ["state", "expected_at", "failures", "next_at", "since"])
+        insert(fresh)
+        ScheduleHealth.objects.filter(pk__in=known).update(checked_at=now)
+        alerts.record(transitions, now)
     return verdicts
+
+
+def transition(task: PeriodicTask, row: ScheduleHealth | None, found: Verdict, started: dt.datetime | None,
+               tables: Timetables, now: dt.datetime) -> alerts.Transition:  # fmt: skip
+    return alerts.Transition(
+        task=task,
+        before=row.state if row else ScheduleHealth.OK,
+        after=found.state,
+        since=row.since if row else None,
+        expected_at=found.expected_at,
+        grace=grace_for(tables.of(task), now, task),
+        failures=found.failures,
+        last_started=started,
+        pause=reaches_pause(task, found),
+    )
 
 
 def latest_activity(names: list[str]) -> dict[str, dt.datetime]:
@@ -152,7 +210,8 @@ def latest_activity(names: list[str]) -> dict[str, dt.datetime]:
 
 def finished_since(tasks: list[PeriodicTask], known: dict[int, ScheduleHealth]) -> dict[str, list[str]]:
     """States of the runs that finished since each schedule's last check, newest first; for a
-    schedule checked for the first time, its last FAILURE_LOOKBACK runs."""
+    schedule checked for the first time, its last FAILURE_LOOKBACK runs since it was last
+    changed (a resumed schedule starts afresh, and is not paused again for old failures)."""
     found: defaultdict[str, list[str]] = defaultdict(list)
     seen = [task for task in tasks if task.pk in known]
     if seen:
@@ -164,14 +223,16 @@ def finished_since(tasks: list[PeriodicTask], known: dict[int, ScheduleHealth]) 
                 found[name].append(status)
     for task in tasks:
         if task.pk not in known:
-            runs = TaskResult.objects.filter(periodic_task_name=task.name).order_by("-date_created")
+            runs = TaskResult.objects.filter(periodic_task_name=task.name, date_created__gte=task.date_changed)
+            runs = runs.order_by("-date_created")
             found[task.name] = list(runs.values_list("status", flat=True)[:FAILURE_LOOKBACK])
     return found
 
 
 def insert(fresh: list[ScheduleHealth]) -> None:
     try:
-        ScheduleHealth.objects.bulk_create(fresh, ignore_conflicts=True)
+        with transaction.atomic():  # a savepoint: the pass's transaction goes on after a conflict
+            ScheduleHealth.objects.bulk_create(fresh, ignore_conflicts=True)
     except IntegrityError:  # a schedule deleted during the pass
         alive = set(PeriodicTask.objects.filter(pk__in=[row.pk for row in fresh]).values_list("pk", flat=True))
         ScheduleHealth.objects.bulk_create([row for row in fresh if row.pk in alive], ignore_conflicts=True)

@@ -18,9 +18,9 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 from django_celery_results.models import TaskResult
 
 from scheduler_app import monitoring
-from scheduler_app.admin.forms import ScheduleForm
 from scheduler_app.admin.runs import COUNT_CAP
-from scheduler_app.models import ScheduleChange, ScheduleHealth, SchedulePolicy
+from scheduler_app.forms import ScheduleForm
+from scheduler_app.models import Incident, ScheduleChange, ScheduleHealth, SchedulePolicy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TASK = "maintenance.purge_expired_sessions"
@@ -128,6 +128,10 @@ def test_it_escapes_a_hostile_name_on_every_page(admin_client: Client) -> None:
     task = make_schedule(description=XSS)
     run = run_row(XSS, "FAILURE", traceback=XSS)
     SchedulePolicy.objects.create(periodic_task=task, paused_at=timezone.now(), pause_note=XSS)
+    failed = {"webhook": {"status": "failed", "error": XSS}}
+    detail = {"failures": 1, "last_error": XSS}
+    Incident.objects.create(periodic_task=task, schedule_name=XSS, kind="failing", at=timezone.now(), detail=detail,
+                            deliveries=failed)  # fmt: skip
     pages = [SCHEDULES, f"{SCHEDULES}{task.pk}/change/", RUNS, f"{RUNS}{run.pk}/change/", "/admin/dashboard/",
              "/admin/dashboard/panel/", f"{RUNS}?schedule={XSS}"]  # fmt: skip
     for page in pages:

@@ -98,3 +98,18 @@ def test_it_keeps_a_queued_run_from_hiding_lateness_and_stores_the_next_run() ->
         assert state_of(task).next_at == START + dt.timedelta(minutes=20)  # 12:10 was missed: skipped, as beat will
         TaskResult.objects.filter(pk=queued.pk).update(status="STARTED", date_started=timezone.now())
         assert monitoring.check_schedules()["late"] == 0
+
+
+def test_it_marks_late_a_schedule_that_beat_sends_on_time_but_no_worker_starts() -> None:
+    with time_machine.travel(START, tick=False) as clock:
+        task = every_ten_minutes()
+        ran(task.name, START + dt.timedelta(minutes=10))
+        for minute in (20, 30):  # beat sent 12:20 and 12:30 (last_run_at), nothing started them
+            clock.move_to(START + dt.timedelta(minutes=minute, seconds=1))
+            PeriodicTask.objects.filter(pk=task.pk).update(last_run_at=START + dt.timedelta(minutes=minute))
+        clock.move_to(START + dt.timedelta(minutes=32))
+        assert monitoring.check_schedules()["late"] == 1
+        assert state_of(task).expected_at == START + dt.timedelta(minutes=20)  # 12:30 is within its grace
+        clock.move_to(START + dt.timedelta(minutes=36))
+        monitoring.check_schedules()
+        assert state_of(task).expected_at == START + dt.timedelta(minutes=30)

@@ -27,13 +27,17 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_beat",
     "django_celery_results",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
     "scheduler_app",
     "maintenance",
 ]
 
 MIDDLEWARE = [
-    "scheduler_app.middleware.HealthzMiddleware",  # liveness: before host checks and redirects
+    "scheduler_app.middleware.ProbeMiddleware",  # /healthz, /readyz, /metrics: before host checks and redirects
     "django.middleware.security.SecurityMiddleware",
+    "scheduler_app.middleware.RefuseNulMiddleware",  # a clear 400, not PostgreSQL's 500
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -93,6 +97,28 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
+# --- JSON API (scheduler_app/api/) -------------------------------------------------------
+# Tokens first: an anonymous call gets 401 with `WWW-Authenticate: Token`. The staff
+# session works too, with Django's CSRF check on every write.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["scheduler_app.api.permissions.StaffWithModelPermission"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "scheduler_app.api.errors.handle",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Beatkeeper API",
+    "DESCRIPTION": "Schedules, runs and tasks. Authenticate with `Authorization: Token <key>`.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
 # --- Celery ---------------------------------------------------------------------------
 # Read by project/celery.py through the CELERY_ namespace.
 CELERY_BROKER_URL = env.broker_url(REDIS_URL)
@@ -140,6 +166,20 @@ BEAT_CHECK_SECONDS = env.number("BEAT_CHECK_SECONDS", 1, minimum=0.1)
 CELERY_RESULT_EXPIRES = None
 DJANGO_CELERY_BEAT_TZ_AWARE = True
 
+# --- Alerts (scheduler_app/alerts.py) --------------------------------------------------
+# Late, failing and recovered schedules are sent to these channels; none set: no alerts.
+ALERT_EMAILS = env.emails("ALERT_EMAILS")
+ALERT_WEBHOOK_URL = env.http_url("ALERT_WEBHOOK_URL")
+ALERT_WEBHOOK_SECRET = env.secret("ALERT_WEBHOOK_SECRET")  # signs the webhook's body (HMAC-SHA256)
+ALERT_BASE_URL = env.http_url("ALERT_BASE_URL")  # makes the links in alerts absolute
+EMAIL_HOST = env.string("EMAIL_HOST", "localhost")
+EMAIL_PORT = env.integer("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env.string("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env.secret("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env.boolean("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env.integer("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env.string("DEFAULT_FROM_EMAIL", "beatkeeper@localhost")
+
 # --- Maintenance tasks (defaults for the catalog's schedules) ---------------------------
 RUN_RETENTION_HOURS = env.number("RUN_RETENTION_HOURS", 24, minimum=0)
 RUN_RETENTION_KEEP_LAST = env.integer("RUN_RETENTION_KEEP_LAST", 10)  # newest runs kept per schedule
@@ -154,6 +194,14 @@ HEALTH_THRESHOLDS = {
 # A worker that starts sends one health check, so an operator sees the platform work at once.
 STARTUP_HEALTH_CHECK = env.boolean("STARTUP_HEALTH_CHECK", True)
 HEALTH_DISK_PATH = env.string("HEALTH_DISK_PATH") or str(VAR_DIR.parent)
+
+# --- Probes and metrics (scheduler_app/readiness.py, scheduler_app/metrics.py) ------------
+# /readyz fails when no beat ticked within this many seconds (or none leads).
+READYZ_BEAT_MAX_AGE = env.number("READYZ_BEAT_MAX_AGE", 30, minimum=1)
+# /metrics: a bearer token, a list of client networks, or both. With neither, /metrics
+# answers 403 (local settings allow loopback addresses).
+METRICS_TOKEN = env.secret("METRICS_TOKEN")
+METRICS_ALLOWED_IPS = env.networks("METRICS_ALLOWED_IPS")
 
 LOGGING = {
     "version": 1,

@@ -8,6 +8,7 @@ from project.settings.base import SECRET_KEY, VAR_DIR
 
 DEBUG = env.boolean("DEBUG", True)
 ALLOWED_HOSTS = env.items("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+METRICS_ALLOWED_IPS = env.networks("METRICS_ALLOWED_IPS", "127.0.0.0/8,::1/128")  # /metrics from this machine
 if not SECRET_KEY:
     # Made once per checkout and kept under var/, so sessions survive restarts.
     _key_file = VAR_DIR / "local-secret-key"

@@ -9,6 +9,7 @@ from django.contrib import admin
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import GroupResult, TaskResult
 
+from scheduler_app.admin import audit  # noqa: F401  (registers the audit log)
 from scheduler_app.admin.runs import RunAdmin
 from scheduler_app.admin.schedules import ScheduleAdmin
 from scheduler_app.models import Run

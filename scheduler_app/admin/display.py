@@ -70,3 +70,8 @@ def trigger_of(run: TaskResult) -> str:
 
 def query(**params: str) -> str:
     return urlencode(params)
+
+
+def incident_badge(kind: str) -> SafeString:
+    classes = {"late": "warn", "failing": "bad", "recovered": "ok"}
+    return format_html('<span class="bk-badge bk-{}">{}</span>', classes.get(kind, "muted"), kind)

@@ -12,8 +12,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import connection
-from django.db.models import CharField, Func, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -24,15 +23,12 @@ from django_celery_beat.models import PeriodicTask
 
 from scheduler_app import selectors, services, states
 from scheduler_app.admin import display
+from scheduler_app.admin.readonly import ReadOnly
 from scheduler_app.history import TRIGGERS, run_context
 from scheduler_app.models import Run
 
 TRIGGER_SQL = 'substring(%(expressions)s from \'"trigger": "([a-z]+)"\')'
 COUNT_CAP = 10_000  # a filtered list counts no further than this
-SINCE = {"1h": dt.timedelta(hours=1), "24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7),
-         "30d": dt.timedelta(days=30)}  # fmt: skip
-STATE_CHOICES = ["PENDING", "STARTED", "PROGRESS", "RETRY", "WAITING", "SUCCESS", "FAILURE", "SKIPPED", "EXPIRED",
-                 "REVOKED"]  # fmt: skip
 
 
 class CappedPaginator(Paginator):
@@ -50,7 +46,7 @@ class StateFilter(admin.SimpleListFilter):
     title, parameter_name = "state", "state"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(state, state) for state in STATE_CHOICES]
+        return [(state, state) for state in selectors.RUN_STATES]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
         return queryset.filter(status=self.value()) if self.value() else queryset
@@ -93,19 +89,7 @@ class TriggerFilter(admin.SimpleListFilter):
         return [(trigger, trigger) for trigger in TRIGGERS]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
-        if self.value() not in TRIGGERS:
-            return queryset
-        if connection.vendor == "postgresql":  # through the expression index of migration 0004
-            return queryset.alias(trigger=TriggerOf("meta")).filter(trigger=self.value())
-        return queryset.filter(meta__contains=json.dumps({"trigger": self.value()})[1:-1])
-
-
-class TriggerOf(Func):
-    """The trigger in a run's meta text, as PostgreSQL's index `bk_run_trigger_created` has it
-    (a regular expression, not a JSON cast: a row whose meta is not JSON must still insert)."""
-
-    template = TRIGGER_SQL
-    output_field = CharField()
+        return selectors.with_trigger(queryset, self.value()) if self.value() in TRIGGERS else queryset
 
 
 class SinceFilter(admin.SimpleListFilter):
@@ -115,12 +99,12 @@ class SinceFilter(admin.SimpleListFilter):
         return [("1h", "last hour"), ("24h", "last 24 hours"), ("7d", "last 7 days"), ("30d", "last 30 days")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
-        if self.value() not in SINCE:
+        if self.value() not in selectors.SINCE:
             return queryset
-        return queryset.filter(date_created__gte=timezone.now() - SINCE[self.value()])
+        return queryset.filter(date_created__gte=timezone.now() - selectors.SINCE[self.value()])
 
 
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(ReadOnly, admin.ModelAdmin):
     class Media:
         css = {"all": ["beatkeeper/console.css"]}
 
@@ -145,15 +129,6 @@ class RunAdmin(admin.ModelAdmin):
     readonly_fields = ["task_id", "state", "schedule", "task_name", "worker", "context", "progress", "date_created",
                        "date_started", "date_done", "took", "arguments", "keyword_arguments", "pretty_result",
                        "error", "traceback"]  # fmt: skip
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_retry_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.user.has_perm("scheduler_app.retry_run")

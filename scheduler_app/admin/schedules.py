@@ -21,9 +21,9 @@ from django.views.decorators.http import require_POST
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import schedules, selectors, services, slots
+from scheduler_app import alerts, schedules, selectors, services, slots
 from scheduler_app.admin import display
-from scheduler_app.admin.forms import ScheduleActionForm, ScheduleForm, zone_choices
+from scheduler_app.admin.forms import AdminScheduleForm, ScheduleActionForm, zone_choices
 from scheduler_app.models import ScheduleHealth, SchedulePolicy
 from scheduler_app.policy import task_policy
 
@@ -44,7 +44,7 @@ class PolicyInline(admin.StackedInline):
     verbose_name_plural = "policy and owner"
     autocomplete_fields = ["owner"]
     fields = ["owner", "overlap", "catch_up", "max_retries", "retry_backoff", "retry_backoff_max", "soft_time_limit",
-              "time_limit", "lock_ttl"]  # fmt: skip
+              "time_limit", "lock_ttl", "late_after", "alert_after_failures", "pause_after_failures"]  # fmt: skip
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -141,7 +141,7 @@ class ScheduleAdmin(admin.ModelAdmin):
     class Media:
         css = {"all": ["beatkeeper/console.css"]}
 
-    form = ScheduleForm
+    form = AdminScheduleForm
     action_form = ScheduleActionForm
     inlines = [PolicyInline]
     list_per_page = 50
@@ -152,7 +152,7 @@ class ScheduleAdmin(admin.ModelAdmin):
     search_fields = ["name", "task", "description"]
     ordering = ["name"]
     actions = ["run_now", "pause", "resume", "duplicate"]
-    readonly_fields = ["pause_state", "last_runs", "total_run_count", "last_run_at", "date_changed"]
+    readonly_fields = ["pause_state", "last_runs", "incidents", "total_run_count", "last_run_at", "date_changed"]
     change_form_template = "beatkeeper/schedule_change_form.html"
     fieldsets = [
         (None, {"fields": ["name", "task", "description", "enabled", "pause_state"]}),
@@ -174,13 +174,14 @@ class ScheduleAdmin(admin.ModelAdmin):
         ("Arguments", {"fields": ["args", "kwargs"]}),
         ("Message options", {"fields": ["queue", "priority", "expires", "expire_seconds", "headers"]}),
         ("Recent runs", {"fields": ["last_runs", "last_run_at", "total_run_count", "date_changed"]}),
+        ("Incidents (late, failing, recovered)", {"fields": ["incidents"]}),
     ]
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return ScheduleChangeList
 
     def get_fieldsets(self, request: HttpRequest, obj: PeriodicTask | None = None) -> list[Any]:
-        return self.fieldsets if obj else self.fieldsets[:-1]
+        return self.fieldsets if obj else self.fieldsets[:-2]
 
     # --- columns -------------------------------------------------------------------------
     @admin.display(description="schedule")
@@ -278,6 +279,25 @@ class ScheduleAdmin(admin.ModelAdmin):
             "{}</table><a href='{}'>all runs of this schedule</a>",
             rows,
             more,
+        )
+
+    @admin.display(description="incidents")
+    def incidents(self, task: PeriodicTask) -> str:
+        found = alerts.recent_incidents(task)
+        if not found:
+            return "none: it has not been late or failing"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td></tr>",
+            (
+                (incident.at, display.incident_badge(incident.kind), alerts.subject(incident),
+                 format_html(" <strong>{}</strong>", "auto-paused") if incident.auto_paused else "",
+                 deliveries(incident))
+                for incident in found
+            ),
+        )  # fmt: skip
+        return format_html(
+            "<table class='bk-runs'><tr><th>at</th><th>what</th><th>message</th><th>sent</th></tr>{}</table>", rows
         )
 
     # --- writes --------------------------------------------------------------------------
@@ -400,3 +420,13 @@ BUTTONS = {
     "resume": "Resumed: it runs from its next slot.",
     "duplicate": "This is a disabled copy; edit it, then enable it.",
 }
+
+
+def deliveries(incident: Any) -> str:
+    """Each channel's outcome: sent, retrying, failed (with the error), skipped."""
+    return format_html_join(
+        ", ",
+        "{}: {}{}",
+        ((channel, state.get("status", "?"), f" ({state['error']})" if state.get("error") else "")
+         for channel, state in sorted((incident.deliveries or {}).items())),
+    ) or "no channel configured"  # fmt: skip

@@ -1,0 +1,286 @@
+"""The API's shapes. Writes are checked by the same `ScheduleForm` as the admin's and
+the same `SchedulePolicy` rules, so both doors accept and refuse the same schedules."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from django_celery_beat.models import IntervalSchedule, PeriodicTask, SolarSchedule
+from django_celery_results.models import TaskResult
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from scheduler_app import history, schedules, selectors, services, slots, states
+from scheduler_app.forms import KINDS, ScheduleForm, initial_schedule
+from scheduler_app.models import POLICY_FIELDS, SchedulePolicy
+
+POLICY_API_FIELDS = (*POLICY_FIELDS, "late_after", "alert_after_failures", "pause_after_failures")
+MESSAGE_FIELDS = ("queue", "priority", "expires", "expire_seconds", "start_time", "one_off")
+FORM_NAMES = {"timezone": "cron_timezone"}  # API name -> form name
+
+
+class PolicySerializer(serializers.ModelSerializer):
+    owner = serializers.SlugRelatedField(
+        slug_field="username", queryset=get_user_model().objects.all(), required=False, allow_null=True
+    )
+
+    class Meta:
+        model = SchedulePolicy
+        fields = [*POLICY_API_FIELDS, "owner"]
+
+
+class ScheduleWriteSerializer(serializers.Serializer):
+    """A schedule to create or change. `kind` picks which schedule fields apply."""
+
+    name = serializers.CharField(max_length=200)
+    task = serializers.CharField(max_length=200, help_text="A registered task (GET /api/tasks/).")
+    description = serializers.CharField(required=False, allow_blank=True)
+    enabled = serializers.BooleanField(required=False)
+    kind = serializers.ChoiceField(choices=[k for k, _ in KINDS])
+    minute = serializers.CharField(required=False, max_length=240)
+    hour = serializers.CharField(required=False, max_length=96)
+    day_of_month = serializers.CharField(required=False, max_length=124)
+    month_of_year = serializers.CharField(required=False, max_length=64)
+    day_of_week = serializers.CharField(required=False, max_length=64)
+    timezone = serializers.CharField(required=False, max_length=63, help_text="IANA zone of a crontab.")
+    every = serializers.IntegerField(required=False, min_value=1)
+    period = serializers.ChoiceField(required=False, choices=[p for p, _ in IntervalSchedule.PERIOD_CHOICES])
+    clocked_time = serializers.DateTimeField(required=False)
+    solar_event = serializers.ChoiceField(
+        required=False, choices=[e for e, _ in SolarSchedule._meta.get_field("event").choices]
+    )
+    latitude = serializers.DecimalField(required=False, max_digits=9, decimal_places=6, min_value=-90, max_value=90)
+    longitude = serializers.DecimalField(required=False, max_digits=9, decimal_places=6, min_value=-180, max_value=180)
+    args = serializers.JSONField(required=False, help_text="A JSON list.")
+    kwargs = serializers.JSONField(required=False, help_text="A JSON object.")
+    headers = serializers.JSONField(required=False, help_text="A JSON object: extra message headers.")
+    queue = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=200)
+    priority = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=9)
+    expires = serializers.DateTimeField(required=False, allow_null=True)
+    expire_seconds = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**31 - 1)
+    start_time = serializers.DateTimeField(required=False, allow_null=True)
+    one_off = serializers.BooleanField(required=False)
+    policy = PolicySerializer(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        form = ScheduleForm(form_data(attrs, self.instance), instance=self.instance)
+        if not form.is_valid():
+            raise serializers.ValidationError(api_errors(form.errors))
+        attrs["form"] = form
+        return attrs
+
+    @transaction.atomic
+    def create(self, validated: dict[str, Any]) -> PeriodicTask:
+        task = validated["form"].save()
+        save_policy(task, validated.get("policy"))
+        return task
+
+    @transaction.atomic
+    def update(self, task: PeriodicTask, validated: dict[str, Any]) -> PeriodicTask:
+        task = validated["form"].save()
+        if "policy" in validated:
+            save_policy(task, validated["policy"])
+        if task.enabled:
+            services.clear_pause(task)
+        return task
+
+    def to_representation(self, task: PeriodicTask) -> dict[str, Any]:
+        return ScheduleSerializer(task, context=self.context).data
+
+
+def form_data(attrs: dict[str, Any], instance: PeriodicTask | None) -> dict[str, Any]:
+    """The form's fields: the schedule as it stands (for a partial update), then the request's."""
+    data: dict[str, Any] = {}
+    if instance is not None:
+        data |= {f: getattr(instance, f) for f in ("name", "task", "description", "enabled", *MESSAGE_FIELDS)}
+        data |= {"args": instance.args, "kwargs": instance.kwargs, "headers": instance.headers or "{}"}
+        data |= initial_schedule(instance)
+    else:
+        data["enabled"] = True
+    for key, value in attrs.items():
+        if key == "policy":
+            continue
+        data[FORM_NAMES.get(key, key)] = json.dumps(value) if key in ("args", "kwargs", "headers") else value
+    return {key: value for key, value in data.items() if value is not None and value is not False}
+
+
+def api_errors(errors: dict[str, Any]) -> dict[str, Any]:
+    names = {form: api for api, form in FORM_NAMES.items()}
+    return {names.get(field, "non_field_errors" if field == "__all__" else field): list(messages)
+            for field, messages in errors.items()}  # fmt: skip
+
+
+def save_policy(task: PeriodicTask, values: dict[str, Any] | None) -> None:
+    policy = services.policy_of(task)
+    for field, value in (values or {}).items():
+        setattr(policy, field, value)
+    try:
+        policy.full_clean()
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError({"policy": exc.messages}) from None
+    policy.save()
+
+
+class ScheduleSerializer(serializers.ModelSerializer):
+    """A schedule as read: its schedule in words and in fields, next run, policy, health."""
+
+    schedule = serializers.SerializerMethodField()
+    next_run = serializers.SerializerMethodField()
+    policy = serializers.SerializerMethodField()
+    paused = serializers.SerializerMethodField()
+    health = serializers.SerializerMethodField()
+    args = serializers.SerializerMethodField()
+    kwargs = serializers.SerializerMethodField()
+    headers = serializers.SerializerMethodField()
+
+    class Meta:
+        model = PeriodicTask
+        fields = [
+            "id",
+            "name",
+            "task",
+            "description",
+            "enabled",
+            "paused",
+            "schedule",
+            "next_run",
+            "args",
+            "kwargs",
+            "headers",
+            *MESSAGE_FIELDS,
+            "last_run_at",
+            "total_run_count",
+            "date_changed",
+            "policy",
+            "health",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_schedule(self, task: PeriodicTask) -> dict[str, Any]:
+        fields = initial_schedule(task)
+        if "cron_timezone" in fields:
+            fields["timezone"] = fields.pop("cron_timezone")
+        try:
+            words = schedules.describe(task)
+        except Exception as exc:  # noqa: BLE001  (a row written elsewhere: say so)
+            words = f"invalid: {exc}"
+        return {**fields, "words": words, "zone": schedules.zone_of(task)}
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_next_run(self, task: PeriodicTask) -> dict[str, Any]:
+        try:
+            upcoming = schedules.next_run(task)
+        except (slots.InvalidSchedule, ValueError, OverflowError) as exc:
+            return {"at": None, "local": None, "zone": schedules.zone_of(task), "reason": f"invalid schedule: {exc}"}
+        local = upcoming.local()
+        return {"at": upcoming.at, "local": local.isoformat() if local else None, "zone": upcoming.zone,
+                "reason": upcoming.reason}  # fmt: skip
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_policy(self, task: PeriodicTask) -> dict[str, Any]:
+        policy = getattr(task, "policy", None)
+        return PolicySerializer(policy).data if policy else {}
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_paused(self, task: PeriodicTask) -> dict[str, Any] | None:
+        policy = getattr(task, "policy", None)
+        if policy is None or policy.paused_at is None:
+            return None
+        by = policy.paused_by.get_username() if policy.paused_by else None
+        return {"at": policy.paused_at, "by": by, "note": policy.pause_note}
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_health(self, task: PeriodicTask) -> dict[str, Any] | None:
+        health = getattr(task, "health", None)
+        if health is None:
+            return None
+        return {"state": health.state, "since": health.since, "expected_at": health.expected_at,
+                "failures": health.failures, "checked_at": health.checked_at}  # fmt: skip
+
+    @extend_schema_field(OpenApiTypes.ANY)
+    def get_args(self, task: PeriodicTask) -> Any:
+        return loads_or_text(task.args)
+
+    @extend_schema_field(OpenApiTypes.ANY)
+    def get_kwargs(self, task: PeriodicTask) -> Any:
+        return loads_or_text(task.kwargs)
+
+    @extend_schema_field(OpenApiTypes.ANY)
+    def get_headers(self, task: PeriodicTask) -> Any:
+        return loads_or_text(task.headers or "{}")
+
+
+def loads_or_text(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return text
+
+
+class PauseSerializer(serializers.Serializer):
+    note = serializers.CharField(required=False, allow_blank=True, max_length=500)
+
+
+class RunNowSerializer(serializers.Serializer):
+    args = serializers.ListField(required=False, child=serializers.JSONField(), help_text="Replaces the schedule's.")
+    kwargs = serializers.DictField(required=False, child=serializers.JSONField(), help_text="Replaces the schedule's.")
+
+
+class RunSerializer(serializers.ModelSerializer):
+    """A recorded run, with the platform's context and its progress while it runs."""
+
+    schedule = serializers.CharField(source="periodic_task_name", read_only=True)
+    state = serializers.CharField(source="status", read_only=True)
+    context = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField()
+    duration = serializers.SerializerMethodField()
+    result = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TaskResult
+        fields = [
+            "id",
+            "task_id",
+            "task_name",
+            "schedule",
+            "state",
+            "worker",
+            "date_created",
+            "date_started",
+            "date_done",
+            "duration",
+            "context",
+            "progress",
+            "task_args",
+            "task_kwargs",
+            "result",
+            "traceback",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_context(self, run: TaskResult) -> dict[str, Any]:
+        return history.run_context(run)
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_progress(self, run: TaskResult) -> dict[str, Any] | None:
+        data = loads_or_text(run.result)
+        return data if run.status == states.PROGRESS and isinstance(data, dict) else None
+
+    @extend_schema_field(OpenApiTypes.NUMBER)
+    def get_duration(self, run: TaskResult) -> float | None:
+        return selectors.duration(run.date_started, run.date_done)
+
+    @extend_schema_field(OpenApiTypes.ANY)
+    def get_result(self, run: TaskResult) -> Any:
+        return loads_or_text(run.result)
+
+
+class RunCreatedSerializer(serializers.Serializer):
+    run = serializers.CharField(help_text="The new run's id (task_id).")

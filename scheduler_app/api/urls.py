@@ -1,0 +1,27 @@
+"""/api/: schedules, runs, tasks, and the OpenAPI schema at /api/schema/."""
+
+from __future__ import annotations
+
+from django.urls import include, path, re_path
+from drf_spectacular.renderers import OpenApiJsonRenderer
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.permissions import IsAdminUser
+from rest_framework.routers import DefaultRouter
+
+from scheduler_app.api.views import RunViewSet, ScheduleViewSet, TaskList, not_found
+
+router = DefaultRouter()
+router.include_root_view = False
+router.register("schedules", ScheduleViewSet, basename="schedule")
+router.register("runs", RunViewSet, basename="run")
+
+urlpatterns = [
+    path("tasks/", TaskList.as_view(), name="api-tasks"),
+    path(
+        "schema/",
+        SpectacularAPIView.as_view(permission_classes=[IsAdminUser], renderer_classes=[OpenApiJsonRenderer]),
+        name="api-schema",
+    ),
+    path("", include(router.urls)),
+    re_path(r"", not_found),  # what no route matches under /api/ answers in JSON too
+]

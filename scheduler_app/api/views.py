@@ -1,0 +1,327 @@
+"""The JSON API: schedules, runs and tasks. Views stay thin: validation is the shared
+form's, writes are `scheduler_app.services`', and every write leaves an audit entry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django_celery_beat.models import PeriodicTask
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.pagination import CursorPagination, PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from scheduler_app import alerts, audit, catalog, schedules, selectors, services, slots
+from scheduler_app.api import serializers as api
+from scheduler_app.api.permissions import RUN_PERMS, SCHEDULE_PERMS, StaffWithModelPermission
+from scheduler_app.history import TRIGGERS
+from scheduler_app.models import Run, ScheduleHealth
+from scheduler_app.policy import task_policy
+
+MAX_NEXT_RUNS = 100
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+class BrokerUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "broker_unavailable"
+
+
+def refused(exc: services.ServiceError) -> APIException:
+    """A service's refusal as the API's answer: the broker down is a 503, the rest a 409."""
+    if "broker did not answer" in str(exc):
+        return BrokerUnavailable(str(exc))
+    return Conflict(str(exc))
+
+
+class SchedulePages(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class RunPages(CursorPagination):
+    """Newest first, by cursor: no count of the run table, stable under new runs."""
+
+    ordering = ("-date_created", "-id")
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+def choice(request: Request, name: str, allowed: tuple[str, ...] | list[str]) -> str | None:
+    value = request.query_params.get(name)
+    if value is not None and value not in allowed:
+        raise ValidationError({name: [f"must be one of {', '.join(allowed)}; got {value!r}"]})
+    return value
+
+
+class ScheduleViewSet(viewsets.ModelViewSet):
+    """Schedules: list (filters: enabled, task, queue, health, search), create, read,
+    update, delete; pause, resume, run now; the next runs."""
+
+    permission_classes = [StaffWithModelPermission]
+    action_perms = SCHEDULE_PERMS
+    pagination_class = SchedulePages
+    serializer_class = api.ScheduleSerializer
+
+    def get_queryset(self) -> QuerySet[PeriodicTask]:
+        tasks = PeriodicTask.objects.select_related(
+            "interval", "crontab", "solar", "clocked", "policy__owner", "policy__paused_by", "health"
+        ).order_by("name", "pk")
+        params = self.request.query_params
+        if (enabled := choice(self.request, "enabled", ("true", "false"))) is not None:
+            tasks = tasks.filter(enabled=enabled == "true")
+        if health := choice(self.request, "health", ScheduleHealth.STATES):
+            tasks = tasks.filter(health__state=health)
+        for name, field in (("task", "task"), ("queue", "queue")):
+            if params.get(name):
+                tasks = tasks.filter(**{field: params[name]})
+        if params.get("search"):
+            tasks = tasks.filter(name__icontains=params["search"])
+        return tasks
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+        return (
+            api.ScheduleWriteSerializer
+            if self.action in ("create", "update", "partial_update")
+            else self.serializer_class
+        )
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("enabled", OpenApiTypes.BOOL),
+            OpenApiParameter("task", str),
+            OpenApiParameter("queue", str),
+            OpenApiParameter("health", str, enum=list(ScheduleHealth.STATES)),
+            OpenApiParameter("search", str, description="Part of the name."),
+        ],
+        responses=api.ScheduleSerializer(many=True),
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=api.ScheduleWriteSerializer, responses={201: api.ScheduleSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().create(request, *args, **kwargs)
+
+    @extend_schema(request=api.ScheduleWriteSerializer, responses=api.ScheduleSerializer)
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().update(request, *args, **kwargs)
+
+    @extend_schema(request=api.ScheduleWriteSerializer, responses=api.ScheduleSerializer)
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().partial_update(request, *args, **kwargs)
+
+    def perform_create(self, serializer: api.ScheduleWriteSerializer) -> None:
+        task = serializer.save()
+        audit.record(self.request.user, "create", task, changes=snapshot(task))
+
+    def perform_update(self, serializer: api.ScheduleWriteSerializer) -> None:
+        before = snapshot(serializer.instance)
+        task = serializer.save()
+        audit.record(self.request.user, "update", task, changes=audit.diff(before, snapshot(task)))
+
+    def perform_destroy(self, task: PeriodicTask) -> None:
+        with transaction.atomic():
+            audit.record(self.request.user, "delete", task, changes=snapshot(task))
+            task.delete()
+
+    @extend_schema(request=api.PauseSerializer, responses=api.ScheduleSerializer)
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str | None = None) -> Response:
+        """Pause the schedule, with an optional note saying why."""
+        task = self.get_object()
+        body = api.PauseSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        note = body.validated_data.get("note", "")
+        services.pause(task, by=request.user, note=note)
+        audit.record(request.user, "pause", task, changes={"note": note})
+        return Response(api.ScheduleSerializer(self.get_object()).data)
+
+    @extend_schema(request=None, responses=api.ScheduleSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str | None = None) -> Response:
+        """Resume the schedule from its next slot."""
+        task = self.get_object()
+        services.resume(task, by=request.user)
+        audit.record(request.user, "resume", task)
+        return Response(api.ScheduleSerializer(self.get_object()).data)
+
+    @extend_schema(request=api.RunNowSerializer, responses={202: api.RunCreatedSerializer})
+    @action(detail=True, methods=["post"])
+    def run(self, request: Request, pk: str | None = None) -> Response:
+        """Run the schedule now with all its options; `args` / `kwargs` replace its own for this run."""
+        task = self.get_object()
+        body = api.RunNowSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            run_id = services.run_now(task, by=request.user, trigger="api", **body.validated_data)
+        except services.ServiceError as exc:
+            raise refused(exc) from None
+        audit.record(request.user, "run", task, changes={"run": run_id, **body.validated_data})
+        return Response({"run": run_id}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("count", int, description=f"1 to {MAX_NEXT_RUNS}; default 5.")],
+        responses=inline_serializer(
+            "NextRuns",
+            {"zone": serializers.CharField(), "runs": serializers.ListField(child=serializers.DictField())},
+        ),
+    )
+    @action(detail=True, methods=["get"], url_path="next-runs")
+    def next_runs(self, request: Request, pk: str | None = None) -> Response:
+        """The next runs in the schedule's zone and in UTC, daylight saving changes marked."""
+        count = request.query_params.get("count", "5")
+        if not count.isdigit() or not 1 <= int(count) <= MAX_NEXT_RUNS:
+            raise ValidationError({"count": [f"a whole number from 1 to {MAX_NEXT_RUNS}; got {count!r}"]})
+        task = self.get_object()
+        try:
+            runs = schedules.next_runs(task, int(count))
+        except (slots.InvalidSchedule, ValueError, OverflowError) as exc:
+            raise Conflict(f"the schedule cannot be computed: {exc}; fix it first.") from None
+        zone = runs[0].zone if runs else schedules.zone_of(task)
+        marked = slots.describe_offsets([run.at for run in runs if run.at], zone)
+        return Response({"zone": zone, "reason": "" if runs else schedules.why_not(task), "runs": [
+            {"local": r["local"].isoformat(), "utc": r["utc"].isoformat(), "dst_change": r["dst_change"]}
+            for r in marked
+        ]})  # fmt: skip
+
+    @extend_schema(
+        parameters=[OpenApiParameter("limit", int, description="1 to 200; default 20.")],
+        responses=inline_serializer("Incident", {"kind": serializers.CharField()}, many=True),
+    )
+    @action(detail=True, methods=["get"])
+    def incidents(self, request: Request, pk: str | None = None) -> Response:
+        """The schedule's incident log, newest first: late, failing, recovered, and what was sent."""
+        limit = request.query_params.get("limit", "20")
+        if not limit.isdigit() or not 1 <= int(limit) <= 200:
+            raise ValidationError({"limit": [f"a whole number from 1 to 200; got {limit!r}"]})
+        found = alerts.recent_incidents(self.get_object(), int(limit))
+        return Response([{**alerts.payload(incident), "deliveries": incident.deliveries} for incident in found])
+
+
+def snapshot(task: PeriodicTask) -> dict[str, Any]:
+    """What an audit entry keeps of a schedule: its readable fields, as JSON."""
+    task = PeriodicTask.objects.select_related("interval", "crontab", "solar", "clocked", "policy").get(pk=task.pk)
+    data = dict(api.ScheduleSerializer(task).data)
+    data.pop("next_run", None)
+    data.pop("health", None)
+    return json_safe(data)
+
+
+def json_safe(value: Any) -> Any:
+    import json
+
+    from rest_framework.utils.encoders import JSONEncoder
+
+    return json.loads(json.dumps(value, cls=JSONEncoder))
+
+
+class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Runs, newest first: filters state, schedule, task, trigger, since; retry, revoke."""
+
+    permission_classes = [StaffWithModelPermission]
+    action_perms = RUN_PERMS
+    pagination_class = RunPages
+    serializer_class = api.RunSerializer
+
+    def get_queryset(self) -> QuerySet[Run]:
+        runs = Run.objects.all()
+        params = self.request.query_params
+        if state := choice(self.request, "state", selectors.RUN_STATES):
+            runs = runs.filter(status=state)
+        if params.get("schedule"):
+            runs = runs.filter(periodic_task_name=params["schedule"])
+        if params.get("task"):
+            runs = runs.filter(task_name=params["task"])
+        if trigger := choice(self.request, "trigger", TRIGGERS):
+            runs = selectors.with_trigger(runs, trigger)
+        if since := choice(self.request, "since", list(selectors.SINCE)):
+            runs = runs.filter(date_created__gte=timezone.now() - selectors.SINCE[since])
+        return runs
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("state", str, enum=selectors.RUN_STATES),
+            OpenApiParameter("schedule", str),
+            OpenApiParameter("task", str),
+            OpenApiParameter("trigger", str, enum=list(TRIGGERS)),
+            OpenApiParameter("since", str, enum=list(selectors.SINCE)),
+        ]
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=None, responses={202: api.RunCreatedSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        """Run it again with the same arguments: a new run, linked by `retry_of`."""
+        run = self.get_object()
+        try:
+            new_id = services.retry_run(run, by=request.user)
+        except services.ServiceError as exc:
+            raise refused(exc) from None
+        audit.record(request.user, "retry", run, object_type="run", changes={"run": new_id})
+        return Response({"run": new_id}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses=api.RunSerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str | None = None) -> Response:
+        """Stop a queued or running run."""
+        run = self.get_object()
+        try:
+            services.revoke_run(run, by=request.user)
+        except services.ServiceError as exc:
+            raise refused(exc) from None
+        audit.record(request.user, "revoke", run, object_type="run")
+        return Response(api.RunSerializer(Run.objects.get(pk=run.pk)).data)
+
+
+class TaskList(APIView):
+    """The registered tasks: name, docstring, policy defaults and default schedule."""
+
+    permission_classes = [StaffWithModelPermission]
+    action_perms = {"list": "django_celery_beat.view_periodictask"}
+
+    @extend_schema(responses=inline_serializer("Task", {"name": serializers.CharField()}, many=True))
+    def get(self, request: Request) -> Response:
+        from celery import current_app
+
+        defaults = {d.task: d for d in catalog.definitions()}
+        return Response(
+            [task_data(name, current_app.tasks[name], defaults.get(name)) for name in services.registered_tasks()]
+        )
+
+
+def task_data(name: str, task: Any, definition: catalog.TaskDefinition | None) -> dict[str, Any]:
+    schedule = None
+    if definition is not None:
+        schedule = {"kind": type(definition.schedule).__name__.lower(), **vars(definition.schedule)}
+    return {
+        "name": name,
+        "doc": (getattr(task, "__doc__", None) or "").strip(),
+        "policy": task_policy(name).as_dict(),
+        "default_schedule": schedule,
+        "default_kwargs": dict(definition.kwargs) if definition else {},
+        "queue": definition.queue if definition else None,
+    }
+
+
+@csrf_exempt  # it changes nothing; a write to a wrong path gets the JSON 404, not the CSRF page
+def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    return JsonResponse({"detail": f"no API endpoint at {request.path}; see /api/schema/."}, status=404)

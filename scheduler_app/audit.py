@@ -1,0 +1,30 @@
+"""The audit log: who changed what, when, and through which door. The API writes one
+entry per write (`AuditEntry`); the admin keeps Django's own history as well."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+
+from scheduler_app.models import AuditEntry
+
+
+def record(actor: Any, action: str, obj: models.Model | None, *, object_type: str = "", object_id: str = "",
+           changes: dict[str, Any] | None = None, via: str = "api") -> AuditEntry:  # fmt: skip
+    user = actor if getattr(actor, "is_authenticated", False) else None
+    return AuditEntry.objects.create(
+        actor=user,
+        actor_name=user.get_username() if user else "system",
+        via=via,
+        action=action,
+        object_type=object_type or (obj._meta.model_name if obj is not None else ""),
+        object_id=object_id or (str(obj.pk) if obj is not None else ""),
+        object_repr=str(obj)[:200] if obj is not None else "",
+        changes=changes or {},
+    )
+
+
+def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """{field: [old, new]} for each field that changed."""
+    return {key: [before.get(key), value] for key, value in after.items() if before.get(key) != value}

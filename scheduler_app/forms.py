@@ -1,0 +1,245 @@
+"""The schedule form, shared by the admin and the API (the same checks at both doors):
+the task picked from the registered ones, the schedule written in place (crontab fields,
+interval, one-off moment or solar event) and checked field by field, arguments checked as
+JSON of the right shape, and a preview of the next runs.
+
+The form finds or creates the shared schedule row (`CrontabSchedule` and friends), so an
+operator never picks one from a drop-down of every row (django-celery-beat #407)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import zoneinfo
+from functools import cache
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+from django_celery_beat import validators
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
+
+from scheduler_app import services, slots
+
+KINDS = [("crontab", "crontab"), ("interval", "interval"), ("clocked", "one-off (at a moment)"), ("solar", "solar")]
+CRON_FIELDS = {
+    "minute": (validators.minute_validator, "0-59", "*/15 or 0,30"),
+    "hour": (validators.hour_validator, "0-23", "9-17 or */2"),
+    "day_of_month": (validators.day_of_month_validator, "1-31", "1,15"),
+    "month_of_year": (validators.month_of_year_validator, "1-12", "*/3"),
+    "day_of_week": (validators.day_of_week_validator, "0-6 (0 = Sunday) or mon-sun", "mon-fri"),
+}
+PREVIEW_COUNT = 5
+
+
+@cache
+def zone_choices() -> list[tuple[str, str]]:
+    return [(zone, zone) for zone in sorted(zoneinfo.available_timezones())]
+
+
+def task_choices(current: str | None = None) -> list[tuple[str, str]]:
+    names = services.registered_tasks()
+    choices = [(name, name) for name in names]
+    if current and current not in names:
+        choices.insert(0, (current, f"{current} (not registered)"))
+    return [("", "---------"), *choices]
+
+
+class ScheduleForm(forms.ModelForm):
+    task = forms.ChoiceField(help_text="One of the tasks the workers of this project can run.")
+    kind = forms.ChoiceField(choices=KINDS, initial="crontab", label="Schedule", widget=forms.RadioSelect)
+    minute = forms.CharField(initial="*", required=False, max_length=240)
+    hour = forms.CharField(initial="*", required=False, max_length=96)
+    day_of_month = forms.CharField(initial="*", required=False, max_length=124, label="Day of month")
+    month_of_year = forms.CharField(initial="*", required=False, max_length=64, label="Month")
+    day_of_week = forms.CharField(initial="*", required=False, max_length=64, label="Day of week")
+    cron_timezone = forms.CharField(
+        initial="UTC", required=False, label="Time zone", help_text="An IANA zone, e.g. Europe/Berlin."
+    )
+    every = forms.IntegerField(required=False, min_value=1, label="Every")
+    period = forms.ChoiceField(choices=IntervalSchedule.PERIOD_CHOICES, required=False, initial="minutes")
+    clocked_time = forms.DateTimeField(required=False, label="Run at", help_text="In the server's zone.")
+    solar_event = forms.ChoiceField(choices=SolarSchedule._meta.get_field("event").choices, required=False)
+    latitude = forms.DecimalField(required=False, min_value=-90, max_value=90, decimal_places=6)
+    longitude = forms.DecimalField(required=False, min_value=-180, max_value=180, decimal_places=6)
+
+    class Meta:
+        model = PeriodicTask
+        fields = ["name", "task", "description", "enabled", "args", "kwargs", "queue", "priority", "expires",
+                  "expire_seconds", "start_time", "one_off", "headers"]  # fmt: skip
+        widgets = {
+            "args": forms.Textarea(attrs={"rows": 2, "cols": 60}),
+            "kwargs": forms.Textarea(attrs={"rows": 3, "cols": 60}),
+            "headers": forms.Textarea(attrs={"rows": 2, "cols": 60}),
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["task"].choices = task_choices(self.instance.task if self.instance.pk else None)
+        self.fields["cron_timezone"].widget.attrs["list"] = "beatkeeper-zones"
+        self.fields["priority"].help_text = "0 (first) to 9 (last); empty: 5."
+        self.schedule_row: slots.ScheduleRow | None = None
+        if self.instance.pk and not self.is_bound:
+            self.initial.update(initial_schedule(self.instance))
+
+    # --- field checks --------------------------------------------------------------------
+    def clean_args(self) -> str:
+        return json_text(self.cleaned_data.get("args"), list, 'a JSON list, e.g. [1, "two"]', "[]")
+
+    def clean_kwargs(self) -> str:
+        return json_text(self.cleaned_data.get("kwargs"), dict, 'a JSON object, e.g. {"days": 7}', "{}")
+
+    def clean_headers(self) -> str:
+        return json_text(self.cleaned_data.get("headers"), dict, 'a JSON object, e.g. {"team": "ops"}', "{}")
+
+    def clean_priority(self) -> int | None:
+        priority = self.cleaned_data.get("priority")
+        if priority is not None and not 0 <= priority <= 9:
+            raise ValidationError("Priority runs from 0 (first) to 9 (last).")
+        return priority
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        kind = data.get("kind")
+        build = {"crontab": self._crontab, "interval": self._interval, "clocked": self._clocked, "solar": self._solar}
+        if kind in build:
+            self.schedule_row = build[kind](data)
+        if data.get("expires") and data.get("expire_seconds") is not None:
+            self.add_error("expire_seconds", "Give an expiry time or expiry seconds, not both.")
+        if self.schedule_row is not None:
+            try:
+                slots.timetable(self.schedule_row)
+            except slots.InvalidSchedule as exc:
+                self.add_error(None, str(exc))
+        if self.schedule_row is not None:  # the model's own check wants exactly one schedule
+            self.instance.interval = self.instance.crontab = self.instance.solar = self.instance.clocked = None
+            setattr(self.instance, kind, self.schedule_row)
+            self.instance.one_off = self.instance.one_off or kind == "clocked"
+        return data
+
+    def _crontab(self, data: dict[str, Any]) -> CrontabSchedule | None:
+        values, valid = {}, True
+        for name, (validate, allowed, example) in CRON_FIELDS.items():
+            values[name] = (data.get(name) or "").strip() or "*"
+            try:
+                validate(values[name])
+            except ValidationError as exc:
+                self.add_error(name, f"{' '.join(exc.messages).rstrip('.')}. Allowed: {allowed}, e.g. {example}.")
+                valid = False
+        zone = (data.get("cron_timezone") or "").strip() or "UTC"
+        if zone not in zoneinfo.available_timezones():
+            self.add_error("cron_timezone", f"Unknown time zone {zone!r}; use an IANA name such as Europe/Berlin.")
+            valid = False
+        if not valid:
+            return None
+        row = CrontabSchedule(timezone=zone, **values)
+        try:
+            slots.Cron(slots.cron_expression(row), zone)
+        except slots.InvalidSchedule as exc:
+            self.add_error("day_of_month", f"{exc}: these days never occur together; check day of month and month.")
+            return None
+        return row
+
+    def _interval(self, data: dict[str, Any]) -> IntervalSchedule | None:
+        every, period = data.get("every"), data.get("period")
+        if not every:
+            self.add_error("every", "Say how often: a whole number, 1 or more.")
+        if not period:
+            self.add_error("period", "Pick a unit.")
+        return IntervalSchedule(every=every, period=period) if every and period else None
+
+    def _clocked(self, data: dict[str, Any]) -> ClockedSchedule | None:
+        moment = data.get("clocked_time")
+        if moment is None:
+            self.add_error("clocked_time", "Give the date and time of the one run.")
+            return None
+        return ClockedSchedule(clocked_time=moment)
+
+    def _solar(self, data: dict[str, Any]) -> SolarSchedule | None:
+        event, lat, lon = data.get("solar_event"), data.get("latitude"), data.get("longitude")
+        missing = [field for field, value in (("solar_event", event), ("latitude", lat), ("longitude", lon))
+                   if value in (None, "")]  # fmt: skip
+        for field in missing:
+            self.add_error(field, "Needed for a solar schedule.")
+        return None if missing else SolarSchedule(event=event, latitude=lat, longitude=lon)
+
+    def validate_unique(self) -> None:
+        """Without a valid schedule the schedule's own fields already say what is wrong; the
+        model's "one of clocked, interval, crontab, or solar must be set" would only repeat it."""
+        if self.schedule_row is not None:
+            super().validate_unique()
+            return
+        try:
+            models.Model.validate_unique(self.instance, exclude=self._get_validation_exclusions())
+        except ValidationError as exc:
+            self._update_errors(exc)
+
+    # --- saving --------------------------------------------------------------------------
+    def save(self, commit: bool = True) -> PeriodicTask:
+        task = super().save(commit=False)
+        task.interval = task.crontab = task.solar = task.clocked = None
+        setattr(task, self.cleaned_data["kind"], shared_row(self.schedule_row))
+        task.one_off = task.one_off or self.cleaned_data["kind"] == "clocked"  # django-celery-beat's rule
+        if commit:
+            task.save()
+        return task
+
+    # --- preview -------------------------------------------------------------------------
+    def preview(self, now: dt.datetime | None = None) -> dict[str, Any]:
+        """The next runs of the schedule as the form stands, in its zone and UTC."""
+        now = now or timezone.now()
+        table = slots.timetable(self.schedule_row)
+        start = self.cleaned_data.get("start_time")
+        first = slots.first_slot(table, last_run_at=None, start_time=start, created=now)
+        times = [] if first is None else [first, *slots.upcoming(table, first, PREVIEW_COUNT - 1)]
+        expires = self.cleaned_data.get("expires")
+        times = [moment for moment in times if not expires or moment < expires]
+        return {"zone": table.zone, "runs": slots.describe_offsets(times, table.zone)}
+
+
+def json_text(raw: str | None, shape: type, expected: str, empty: str) -> str:
+    text = (raw or "").strip() or empty
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValidationError(f"Not valid JSON ({exc.args[0]}); write {expected}.") from None
+    if not isinstance(value, shape):
+        raise ValidationError(f"Must be {expected}, not a JSON {type(value).__name__}.")
+    return text
+
+
+def initial_schedule(task: PeriodicTask) -> dict[str, Any]:
+    if task.crontab_id:
+        c = task.crontab
+        return {
+            "kind": "crontab",
+            "minute": c.minute,
+            "hour": c.hour,
+            "day_of_month": c.day_of_month,
+            "month_of_year": c.month_of_year,
+            "day_of_week": c.day_of_week,
+            "cron_timezone": str(c.timezone),
+        }
+    if task.interval_id:
+        return {"kind": "interval", "every": task.interval.every, "period": task.interval.period}
+    if task.clocked_id:
+        return {"kind": "clocked", "clocked_time": timezone.localtime(task.clocked.clocked_time)}
+    if task.solar_id:
+        s = task.solar
+        return {"kind": "solar", "solar_event": s.event, "latitude": s.latitude, "longitude": s.longitude}
+    return {}
+
+
+def shared_row(row: slots.ScheduleRow | None) -> slots.ScheduleRow:
+    """The stored row equal to `row`, created if there is none (rows are shared)."""
+    if row is None:
+        raise ValueError("the form has no valid schedule")
+    model = type(row)
+    fields = {f.name: getattr(row, f.name) for f in model._meta.concrete_fields if not f.primary_key}
+    existing = model.objects.filter(**fields).order_by("pk").first()
+    if existing is not None:
+        return existing
+    row.save()
+    return row

@@ -1,0 +1,137 @@
+"""Readiness: can the platform do its work right now? Four checks, for `/readyz`:
+
+- database: a trivial query answers;
+- broker: Redis answers a PING;
+- beat: a beat ticked within READYZ_BEAT_MAX_AGE seconds, and one holds the leader lease;
+- workers: at least one worker answers a ping within a second.
+
+Each check is a plain function returning a `Check`; none raises. `check_all` runs them in
+threads under one deadline, so a server that hangs (a blackholed address, a full backlog)
+costs the probe `TIMEOUT` seconds, not the operating system's TCP timeout. Beat and
+workers are read through the broker: when it does not answer they are reported as not
+checked instead of waiting on kombu's connection retries (six seconds and more).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import redis
+from celery import current_app
+from django.conf import settings
+from django.db import connection
+
+from scheduler_app import leader
+
+TIMEOUT = 2.5  # seconds for all checks together; a probe's timeoutSeconds should be 3 or more
+REDIS_TIMEOUT = 1.0  # connect and read timeout of the probe's own Redis client
+PING_TIMEOUT = 1.0  # seconds a worker has to answer
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "error": self.error, "details": self.details, "seconds": round(self.seconds, 3)}
+
+
+def describe(exc: BaseException) -> str:
+    """An error in one short line (no traceback: the answer is for a probe and its operator)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def probe_client() -> redis.Redis:
+    """A client of REDIS_URL with short timeouts: a probe must not wait like a worker does."""
+    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT)
+
+
+def check_database() -> Check:
+    """A trivial query. Runs in a thread of its own, so it closes the connection it opened."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    finally:
+        connection.close()
+    return Check(True, details={"vendor": connection.vendor})
+
+
+def check_broker() -> Check:
+    client = probe_client()
+    try:
+        client.ping()
+    finally:
+        client.close()
+    return Check(True)
+
+
+def check_beat(max_age: float | None = None) -> Check:
+    """A beat ticked recently and one leads. A follower's tick counts: it takes over within
+    BEAT_LEASE_SECONDS of a leader that stopped, which the missing lease then shows."""
+    max_age = settings.READYZ_BEAT_MAX_AGE if max_age is None else max_age
+    client = probe_client()
+    try:
+        facts = leader.heartbeat(client)
+    finally:
+        client.close()
+    beats = facts["beats"]
+    age = round(beats[0]["age"], 3) if beats else None
+    details = {"leader": facts["leader"], "beats": len(beats), "last_tick_age": age, "max_age": max_age}
+    if age is None or age > max_age:
+        return Check(False, f"no beat ticked within {max_age:g}s", details)
+    if facts["leader"] is None:
+        return Check(False, "no beat holds the leader lease", details)
+    return Check(True, details=details)
+
+
+def check_workers(timeout: float = PING_TIMEOUT) -> Check:
+    """One worker answering is enough: `limit=1` returns at its reply instead of waiting
+    out the timeout. The ping goes through Celery's own broker (built from REDIS_URL)."""
+    replies = current_app.control.ping(timeout=timeout, limit=1) or []
+    if not replies:
+        return Check(False, f"no worker answered a ping within {timeout:g}s", {"answered": 0})
+    return Check(True, details={"answered": len(replies)})
+
+
+def _run_into(results: dict[str, Check], name: str, check: Callable[[], Check]) -> None:
+    started = time.monotonic()
+    try:
+        found = check()
+    except Exception as exc:  # noqa: BLE001  (a check reports its failure, it never raises)
+        found = Check(False, describe(exc))
+    results[name] = replace(found, seconds=time.monotonic() - started)
+
+
+def run_bounded(checks: dict[str, Callable[[], Check]], deadline: float) -> dict[str, Check]:
+    """Run the checks at once, each in a daemon thread; one still running at `deadline`
+    (time.monotonic()) is reported as timed out and left to its own socket timeouts."""
+    results: dict[str, Check] = {}
+    threads = [
+        threading.Thread(target=_run_into, args=(results, name, check), name=f"readyz-{name}", daemon=True)
+        for name, check in checks.items()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    late = Check(False, f"no answer within {TIMEOUT:g}s")
+    return {name: results.get(name, late) for name in checks}
+
+
+def check_all(timeout: float = TIMEOUT) -> dict[str, Check]:
+    """Database and broker first (together), then beat and workers if the broker answered."""
+    deadline = time.monotonic() + timeout
+    found = run_bounded({"database": check_database, "broker": check_broker}, deadline)
+    if not found["broker"].ok:
+        skipped = Check(False, "not checked: the broker does not answer")
+        return {**found, "beat": skipped, "workers": skipped}
+    return {**found, **run_bounded({"beat": check_beat, "workers": check_workers}, deadline)}
