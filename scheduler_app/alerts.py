@@ -25,6 +25,7 @@ import logging
 import smtplib
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from celery import current_app
@@ -299,6 +300,9 @@ def deliver(incident_id: int, channel: str, *, attempt: int, last_attempt: bool)
     except DeliveryError as exc:
         note_delivery(incident_id, channel, {"status": "failed", "error": str(exc), "attempts": attempt})
         raise
+    except Exception as exc:  # a bug or a time limit: say it failed rather than stay "queued"
+        note_delivery(incident_id, channel, {"status": "failed", "error": type(exc).__name__, "attempts": attempt})
+        raise
     return note_delivery(incident_id, channel, {"status": "sent", "at": iso(timezone.now()), "attempts": attempt})
 
 
@@ -316,7 +320,7 @@ def note_delivery(incident_id: int, channel: str, outcome: dict[str, Any]) -> di
 def send_email(incident: Incident) -> None:
     """Through Django's mail backend (EMAIL_HOST, EMAIL_PORT, ... from the environment)."""
     message = EmailMessage(
-        subject=f"[Beatkeeper] {subject(incident)}"[:250],
+        subject=" ".join(f"[Beatkeeper] {subject(incident)}".split())[:250],  # one line: no header injection
         body=body(incident),
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=settings.ALERT_EMAILS,
@@ -348,9 +352,15 @@ def send_webhook(incident: Incident) -> None:
     if settings.ALERT_WEBHOOK_SECRET:
         headers[SIGNATURE_HEADER] = sign(settings.ALERT_WEBHOOK_SECRET, content)
     try:
-        response = requests.post(settings.ALERT_WEBHOOK_URL, data=content, headers=headers, timeout=WEBHOOK_TIMEOUT)
+        response = requests.post(
+            settings.ALERT_WEBHOOK_URL, data=content, headers=headers, timeout=WEBHOOK_TIMEOUT, allow_redirects=False
+        )
     except requests.RequestException as exc:  # connection refused or reset, timeout
-        raise TemporaryDeliveryError(f"webhook: {exc}") from None
+        # The exception's text holds the URL, whose path is the secret of many hooks: name the host only.
+        host = urlsplit(settings.ALERT_WEBHOOK_URL).hostname
+        raise TemporaryDeliveryError(f"webhook at {host}: {type(exc).__name__}") from None
+    if 300 <= response.status_code < 400:
+        raise DeliveryError(f"webhook answered {response.status_code} (a redirect; give the final URL)")
     if response.status_code >= 500 or response.status_code in (408, 429):
         raise TemporaryDeliveryError(f"webhook answered {response.status_code}")
     if response.status_code >= 400:

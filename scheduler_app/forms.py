@@ -58,7 +58,7 @@ class ScheduleForm(forms.ModelForm):
     cron_timezone = forms.CharField(
         initial="UTC", required=False, label="Time zone", help_text="An IANA zone, e.g. Europe/Berlin."
     )
-    every = forms.IntegerField(required=False, min_value=1, label="Every")
+    every = forms.IntegerField(required=False, min_value=1, max_value=2**31 - 1, label="Every")
     period = forms.ChoiceField(choices=IntervalSchedule.PERIOD_CHOICES, required=False, initial="minutes")
     clocked_time = forms.DateTimeField(required=False, label="Run at", help_text="In the server's zone.")
     solar_event = forms.ChoiceField(choices=SolarSchedule._meta.get_field("event").choices, required=False)

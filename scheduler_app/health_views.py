@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 
 from django.conf import settings
+from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.cache import add_never_cache_headers
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -22,17 +23,22 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from scheduler_app import metrics as metrics_text
 from scheduler_app import readiness
 
+READYZ_CACHE_KEY = "beatkeeper:readyz"
+READYZ_CACHE_SECONDS = 2  # a flood of probes costs one round of checks every 2 s, not one per call
+
 
 def readyz(request: HttpRequest) -> HttpResponse:
     """200 when every check passes, else 503; each check with ok, error, details and time."""
-    checks = readiness.check_all()
-    ready = all(check.ok for check in checks.values())
-    body = {
-        "status": "ok" if ready else "error",
-        "failing": [name for name, check in checks.items() if not check.ok],
-        "checks": {name: check.as_dict() for name, check in checks.items()},
-    }
-    response = JsonResponse(body, status=200 if ready else 503)
+    body = cache.get(READYZ_CACHE_KEY)
+    if body is None:  # one round of checks per READYZ_CACHE_SECONDS per process, however many callers
+        checks = readiness.check_all()
+        body = {
+            "status": "ok" if all(check.ok for check in checks.values()) else "error",
+            "failing": [name for name, check in checks.items() if not check.ok],
+            "checks": {name: check.as_dict() for name, check in checks.items()},
+        }
+        cache.set(READYZ_CACHE_KEY, body, READYZ_CACHE_SECONDS)
+    response = JsonResponse(body, status=200 if body["status"] == "ok" else 503)
     add_never_cache_headers(response)
     # Not an error of this request: a probe every few seconds would flood the error log
     # (django.request logs every 5xx) while, say, beat restarts. Metrics and alerts say it.
@@ -55,6 +61,8 @@ def metrics_refusal(request: HttpRequest) -> HttpResponse | None:
     token, networks = settings.METRICS_TOKEN, settings.METRICS_ALLOWED_IPS
     if not token and not networks:
         return plain(403, "/metrics is off: set METRICS_TOKEN and/or METRICS_ALLOWED_IPS.\n")
+    if not token and "HTTP_X_FORWARDED_FOR" in request.META:  # the address seen is the proxy's, not the caller's
+        return plain(403, "Forbidden: through a proxy, /metrics needs METRICS_TOKEN (the address is the proxy's).\n")
     if networks and not address_allowed(request.META.get("REMOTE_ADDR", ""), networks):
         return plain(403, "Forbidden: this address may not read /metrics.\n")
     if token and not bearer_matches(request.META.get("HTTP_AUTHORIZATION", ""), token):

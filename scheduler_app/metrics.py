@@ -110,10 +110,14 @@ def histogram(name: str, documentation: str, buckets: Iterable[float],
     return family
 
 
+FINISHED = ("SUCCESS", "FAILURE", "REVOKED", "EXPIRED", "SKIPPED")
+
+
 def run_durations(now: dt.datetime) -> list[Metric]:
     """Runs finished in the window: the newest `ROW_LIMIT` of the `date_done` index range."""
     rows = (
         TaskResult.objects.filter(date_done__gte=now - HISTOGRAM_WINDOW, date_started__isnull=False)
+        .filter(status__in=FINISHED)  # date_done moves with every state write: a running run is not done
         .order_by("-date_done")
         .values_list("task_name", "date_started", "date_done")[:ROW_LIMIT]
     )

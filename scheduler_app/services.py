@@ -23,7 +23,7 @@ from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 from kombu.exceptions import OperationalError as BrokerError
 
-from scheduler_app import beat, history, states
+from scheduler_app import beat, broker, history, states
 from scheduler_app.models import SchedulePolicy
 from scheduler_app.policy import task_policy
 
@@ -200,6 +200,9 @@ def revoke_run(row: TaskResult, *, by: Any) -> None:
     """Stop a queued or running run: workers drop it when it arrives, or end it (SIGTERM)."""
     if row.status not in REVOCABLE:
         raise ServiceError(f"run {row.task_id} is already {row.status}; only a queued or running run can be revoked.")
+    status = broker.broker_status()  # Celery's broadcast would retry for ever against a dead broker
+    if not status.reachable:
+        raise ServiceError(f"the broker did not answer ({status.error}); nothing was revoked. Check that Redis is up.")
     try:  # terminate only touches a run that has started; asking for it covers a start just now
         current_app.control.revoke(row.task_id, terminate=True, signal="SIGTERM")
     except BrokerError as exc:

@@ -305,3 +305,14 @@ def test_it_answers_a_nul_character_in_a_filter_with_400_not_500(api: Client, bo
     admin = Client()
     admin.force_login(boss)
     assert admin.get("/admin/scheduler_app/run/?q=a%00b").status_code == 400
+
+
+def test_it_clears_a_field_given_as_null_and_refuses_odd_numbers(api: Client) -> None:
+    task = interval_schedule(queue="slow", priority=3)
+    changed = patch(api, f"/api/schedules/{task.pk}/", {"queue": None, "priority": None}).json()
+    assert (changed["queue"], changed["priority"]) == (None, None)
+    assert (
+        api.get(f"/api/schedules/{task.pk}/next-runs/?count=\u00b2").status_code == 400
+    )  # "²" is a digit, not a number
+    huge = post(api, "/api/schedules/", {**CRON, "kind": "interval", "every": 3_000_000_000, "period": "seconds"})
+    assert huge.status_code == 400 and "every" in huge.json()

@@ -5,9 +5,13 @@ by ours; their shared-schedule admins (crontabs, intervals, ...) stay as they ar
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import GroupResult, TaskResult
+from rest_framework.authtoken.admin import TokenAdmin
+from rest_framework.authtoken.models import TokenProxy
 
 from scheduler_app.admin import audit  # noqa: F401  (registers the audit log)
 from scheduler_app.admin.runs import RunAdmin
@@ -20,3 +24,28 @@ for model in (PeriodicTask, TaskResult, GroupResult):
 admin.site.register(PeriodicTask, ScheduleAdmin)
 admin.site.register(Run, RunAdmin)
 admin.site.index_template = "beatkeeper/index.html"
+
+
+class SuperuserTokenAdmin(TokenAdmin):
+    """API tokens are kept as they are (DRF's authtoken): whoever reads one acts as its user,
+    so only superusers see or make them here (`manage.py api_token` does the same)."""
+
+    def has_module_permission(self, request: Any) -> bool:
+        return bool(request.user.is_superuser)
+
+    def has_view_permission(self, request: Any, obj: Any = None) -> bool:
+        return bool(request.user.is_superuser)
+
+    def has_add_permission(self, request: Any) -> bool:
+        return bool(request.user.is_superuser)
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return bool(request.user.is_superuser)
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return bool(request.user.is_superuser)
+
+
+if admin.site.is_registered(TokenProxy):
+    admin.site.unregister(TokenProxy)
+admin.site.register(TokenProxy, SuperuserTokenAdmin)

@@ -48,7 +48,7 @@ class ScheduleWriteSerializer(serializers.Serializer):
     month_of_year = serializers.CharField(required=False, max_length=64)
     day_of_week = serializers.CharField(required=False, max_length=64)
     timezone = serializers.CharField(required=False, max_length=63, help_text="IANA zone of a crontab.")
-    every = serializers.IntegerField(required=False, min_value=1)
+    every = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
     period = serializers.ChoiceField(required=False, choices=[p for p, _ in IntervalSchedule.PERIOD_CHOICES])
     clocked_time = serializers.DateTimeField(required=False)
     solar_event = serializers.ChoiceField(
@@ -105,6 +105,8 @@ def form_data(attrs: dict[str, Any], instance: PeriodicTask | None) -> dict[str,
     for key, value in attrs.items():
         if key == "policy":
             continue
+        if value is None:
+            value = ""  # an explicit null clears the field, as an empty form field does
         data[FORM_NAMES.get(key, key)] = json.dumps(value) if key in ("args", "kwargs", "headers") else value
     return {key: value for key, value in data.items() if value is not None and value is not False}
 

@@ -127,10 +127,12 @@ class ScheduleViewSet(viewsets.ModelViewSet):
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().partial_update(request, *args, **kwargs)
 
+    @transaction.atomic  # the write and its audit entry, together
     def perform_create(self, serializer: api.ScheduleWriteSerializer) -> None:
         task = serializer.save()
         audit.record(self.request.user, "create", task, changes=snapshot(task))
 
+    @transaction.atomic
     def perform_update(self, serializer: api.ScheduleWriteSerializer) -> None:
         before = snapshot(serializer.instance)
         task = serializer.save()
@@ -187,7 +189,7 @@ class ScheduleViewSet(viewsets.ModelViewSet):
     def next_runs(self, request: Request, pk: str | None = None) -> Response:
         """The next runs in the schedule's zone and in UTC, daylight saving changes marked."""
         count = request.query_params.get("count", "5")
-        if not count.isdigit() or not 1 <= int(count) <= MAX_NEXT_RUNS:
+        if not (count.isascii() and count.isdecimal()) or not 1 <= int(count) <= MAX_NEXT_RUNS:
             raise ValidationError({"count": [f"a whole number from 1 to {MAX_NEXT_RUNS}; got {count!r}"]})
         task = self.get_object()
         try:
@@ -209,7 +211,7 @@ class ScheduleViewSet(viewsets.ModelViewSet):
     def incidents(self, request: Request, pk: str | None = None) -> Response:
         """The schedule's incident log, newest first: late, failing, recovered, and what was sent."""
         limit = request.query_params.get("limit", "20")
-        if not limit.isdigit() or not 1 <= int(limit) <= 200:
+        if not (limit.isascii() and limit.isdecimal()) or not 1 <= int(limit) <= 200:
             raise ValidationError({"limit": [f"a whole number from 1 to 200; got {limit!r}"]})
         found = alerts.recent_incidents(self.get_object(), int(limit))
         return Response([{**alerts.payload(incident), "deliveries": incident.deliveries} for incident in found])
@@ -219,8 +221,8 @@ def snapshot(task: PeriodicTask) -> dict[str, Any]:
     """What an audit entry keeps of a schedule: its readable fields, as JSON."""
     task = PeriodicTask.objects.select_related("interval", "crontab", "solar", "clocked", "policy").get(pk=task.pk)
     data = dict(api.ScheduleSerializer(task).data)
-    data.pop("next_run", None)
-    data.pop("health", None)
+    for volatile in ("next_run", "health", "date_changed", "last_run_at", "total_run_count"):
+        data.pop(volatile, None)  # what changes by itself is not what the caller changed
     return json_safe(data)
 
 
