@@ -38,7 +38,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import services
+from scheduler_app import services, states
 from scheduler_app.models import Incident, ScheduleHealth
 from scheduler_app.runtime import TRANSIENT_ERRORS
 
@@ -47,7 +47,6 @@ logger = logging.getLogger(__name__)
 SEND_TASK = "maintenance.send_alert"
 EMAIL, WEBHOOK = "email", "webhook"
 CHANNELS = (EMAIL, WEBHOOK)
-FAILED_STATES = ("FAILURE", "EXPIRED")
 WEBHOOK_TIMEOUT = 10  # seconds to connect and to read the answer
 SIGNATURE_HEADER = "X-Beatkeeper-Signature"
 ERROR_LIMIT = 500  # characters of a run's error quoted in a message
@@ -155,7 +154,7 @@ def last_errors(tasks: list[PeriodicTask]) -> dict[str, dict[str, str]]:
     """Per schedule name, the newest failed run's id and error, in two queries for all."""
     if not tasks:
         return {}
-    newest = TaskResult.objects.filter(periodic_task_name=OuterRef("name"), status__in=FAILED_STATES)
+    newest = TaskResult.objects.filter(periodic_task_name=OuterRef("name"), status__in=states.FAILED_STATES)
     newest = newest.order_by("-date_created").values("pk")[:1]
     ids = PeriodicTask.objects.filter(pk__in=[t.pk for t in tasks]).annotate(run=Subquery(newest))
     rows = TaskResult.objects.filter(pk__in=[pk for pk in ids.values_list("run", flat=True) if pk])

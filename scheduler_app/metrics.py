@@ -41,7 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFami
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from scheduler_app import broker, leader
+from scheduler_app import broker, leader, states
 from scheduler_app.models import ScheduleHealth
 
 logger = logging.getLogger(__name__)
@@ -110,14 +110,11 @@ def histogram(name: str, documentation: str, buckets: Iterable[float],
     return family
 
 
-FINISHED = ("SUCCESS", "FAILURE", "REVOKED", "EXPIRED", "SKIPPED")
-
-
 def run_durations(now: dt.datetime) -> list[Metric]:
     """Runs finished in the window: the newest `ROW_LIMIT` of the `date_done` index range."""
     rows = (
         TaskResult.objects.filter(date_done__gte=now - HISTOGRAM_WINDOW, date_started__isnull=False)
-        .filter(status__in=FINISHED)  # date_done moves with every state write: a running run is not done
+        .filter(status__in=states.TERMINAL_STATES)  # date_done moves with every state write: a running run is not done
         .order_by("-date_done")
         .values_list("task_name", "date_started", "date_done")[:ROW_LIMIT]
     )

@@ -34,15 +34,13 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import alerts, schedules, slots
+from scheduler_app import alerts, schedules, slots, states
 from scheduler_app.models import ScheduleHealth, SchedulePolicy
 
 MIN_GRACE = dt.timedelta(minutes=1)
 MAX_GRACE = dt.timedelta(hours=1)
 FAILURE_LOOKBACK = 10  # runs read for a schedule seen for the first time
 CHUNK = 500
-FAILED = {celery_states.FAILURE, "EXPIRED"}
-PASSED = {celery_states.SUCCESS}  # anything else (skipped, revoked, running) neither breaks nor adds to a streak
 
 
 @dataclass(frozen=True)
@@ -131,9 +129,9 @@ def carry_failures(previous: int, newest_first: Iterable[str]) -> int:
     """Failures in a row: the new finishes (newest first) on top of the streak they follow."""
     count = 0
     for status in newest_first:
-        if status in PASSED:
+        if status == celery_states.SUCCESS:  # anything else but a failure neither breaks nor adds
             return count
-        if status in FAILED:
+        if status in states.FAILED_STATES:
             count += 1
     return previous + count
 

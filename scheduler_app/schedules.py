@@ -101,3 +101,20 @@ def catch_up_of(task: PeriodicTask) -> str:
 
 def interval_seconds(every: int, period: str) -> float:
     return dt.timedelta(**{period: every}).total_seconds()
+
+
+def shown_next_run(task: PeriodicTask, now: dt.datetime | None = None) -> NextRun:
+    """`next_run` for a page: a row the form would refuse (written by code or another
+    admin) says why instead of failing the whole list."""
+    try:
+        return next_run(task, now)
+    except Exception as exc:  # noqa: BLE001  (any broken row: say why, show the rest)
+        return NextRun(None, zone_of(task), f"invalid schedule: {exc}")
+
+
+def shown_description(task: PeriodicTask) -> str:
+    """`describe` for a page: cron-descriptor refuses what beat refuses too; say so."""
+    try:
+        return describe(task)
+    except Exception as exc:  # noqa: BLE001
+        return f"invalid: {exc}"

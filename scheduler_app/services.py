@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import uuid
+from functools import cache
 from typing import Any
 
 from celery import current_app
@@ -29,7 +30,6 @@ from scheduler_app.policy import task_policy
 
 REPR_LIMIT = 1024  # characters of a run's arguments that Celery records (argsrepr)
 SEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
-FINISHED = {celery_states.SUCCESS, celery_states.FAILURE, celery_states.REVOKED, *states.TERMINAL_STATES}
 REVOCABLE = {celery_states.PENDING, celery_states.RECEIVED, celery_states.RETRY, states.WAITING, *history.RUNNING}
 
 
@@ -37,10 +37,26 @@ class ServiceError(Exception):
     """What went wrong and what to do, for the operator."""
 
 
+class BrokerUnavailable(ServiceError):
+    """The broker did not answer: nothing was sent. The API answers it with 503."""
+
+
 def registered_tasks() -> list[str]:
     """The task names a worker of this project can run (Celery's own excluded)."""
-    current_app.loader.import_default_modules()  # every app's tasks module, as a worker imports them
+    discover_tasks()
     return sorted(name for name in current_app.tasks if not name.startswith("celery."))
+
+
+@cache
+def discover_tasks() -> None:
+    """Every app's tasks module, imported once per process, as a worker imports them."""
+    current_app.loader.import_default_modules()
+
+
+def overrides_of(task: PeriodicTask) -> dict[str, Any]:
+    """The policy fields the schedule sets (its task's defaults apply to the rest)."""
+    policy = SchedulePolicy.objects.filter(periodic_task=task).first()
+    return policy.overrides() if policy else {}
 
 
 def policy_of(task: PeriodicTask) -> SchedulePolicy:
@@ -128,8 +144,7 @@ def run_now(
         raise ServiceError(
             f"{task.name!r} expired at {task.expires:%Y-%m-%d %H:%M %Z}; clear or move its expiry first."
         )
-    overrides = SchedulePolicy.objects.filter(periodic_task=task).first()
-    overrides = overrides.overrides() if overrides else {}
+    overrides = overrides_of(task)
     header = {"trigger": trigger, "by": username(by), "schedule": task.name, "policy": overrides}
     return send(
         task.task,
@@ -160,15 +175,14 @@ def stored_args(raw: str, empty: str) -> Any:
 def retry_run(row: TaskResult, *, by: Any, trigger: str = "retry") -> str:
     """Run a finished run again with the same task and arguments: a new run, linked to
     the old one (`retry_of`), with the schedule's options if the schedule still exists."""
-    if row.status not in FINISHED:
+    if row.status not in states.TERMINAL_STATES:
         raise ServiceError(f"run {row.task_id} is {row.status}, not finished; revoke it first or wait for it.")
     args, kwargs = recorded_arguments(row.task_args, "args"), recorded_arguments(row.task_kwargs, "kwargs")
     header = {"trigger": trigger, "by": username(by), "retry_of": row.task_id}
     schedule = PeriodicTask.objects.filter(name=row.periodic_task_name).first() if row.periodic_task_name else None
     if schedule is None:
         return send(row.task_name, args, kwargs, options={}, header=header)
-    overrides = SchedulePolicy.objects.filter(periodic_task=schedule).first()
-    overrides = overrides.overrides() if overrides else {}
+    overrides = overrides_of(schedule)
     header |= {"schedule": schedule.name, "policy": overrides}
     return send(row.task_name, args, kwargs, options=schedule_options(schedule, overrides), header=header)
 
@@ -202,11 +216,11 @@ def revoke_run(row: TaskResult, *, by: Any) -> None:
         raise ServiceError(f"run {row.task_id} is already {row.status}; only a queued or running run can be revoked.")
     status = broker.broker_status()  # Celery's broadcast would retry for ever against a dead broker
     if not status.reachable:
-        raise ServiceError(f"the broker did not answer ({status.error}); nothing was revoked. Check that Redis is up.")
+        raise BrokerUnavailable(f"the broker did not answer ({status.error}); nothing was revoked. Check Redis.")
     try:  # terminate only touches a run that has started; asking for it covers a start just now
         current_app.control.revoke(row.task_id, terminate=True, signal="SIGTERM")
     except BrokerError as exc:
-        raise ServiceError(f"the broker did not answer ({exc}); nothing was revoked. Check that Redis is up.") from None
+        raise BrokerUnavailable(f"the broker did not answer ({exc}); nothing was revoked. Check Redis.") from None
     meta = {**history.run_context(row), "revoked_by": username(by), "revoked_at": timezone.now().isoformat()}
     TaskResult.objects.filter(pk=row.pk, status__in=REVOCABLE).update(
         status=celery_states.REVOKED, date_done=timezone.now(), meta=json.dumps(meta)
@@ -230,7 +244,7 @@ def send(task_name: str, args: Any, kwargs: Any, *, options: dict[str, Any], hea
         current_app.send_task(task_name, args, kwargs, task_id=task_id, retry_policy=SEND_RETRY, **options)
     except BrokerError as exc:
         TaskResult.objects.filter(task_id=task_id).delete()
-        raise ServiceError(
+        raise BrokerUnavailable(
             f"the broker did not answer ({exc}); the run was not queued. Check that Redis is up."
         ) from None
     return task_id

@@ -10,3 +10,4 @@ WAITING = "WAITING"  # queued behind the running run of its schedule (overlap "w
 PROGRESS = "PROGRESS"  # running, with {percent, message} reported by the task
 
 TERMINAL_STATES = frozenset(states.READY_STATES | {SKIPPED, EXPIRED})
+FAILED_STATES = frozenset({states.FAILURE, EXPIRED})  # a run that should have done its work and did not

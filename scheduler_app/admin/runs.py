@@ -246,7 +246,7 @@ class RunAdmin(ReadOnly, admin.ModelAdmin):
     def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         run = context.get("original")
         if run is not None:
-            context["can_retry"] = self.has_retry_permission(request) and run.status in services.FINISHED
+            context["can_retry"] = self.has_retry_permission(request) and run.status in states.TERMINAL_STATES
             context["can_revoke"] = self.has_revoke_permission(request) and run.status in services.REVOCABLE
             context["running"] = run.status in services.REVOCABLE
         return super().render_change_form(request, context, *args, **kwargs)

@@ -4,7 +4,6 @@ goes through `scheduler_app.services`, so beat's change log sees it."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from django.contrib import admin, messages
@@ -126,15 +125,7 @@ class ScheduleChangeList(ChangeList):
         now = timezone.now()
         for task in self.result_list:
             task.stats = stats.get(task.name)
-            task.upcoming = safe_next_run(task, now)
-
-
-def safe_next_run(task: PeriodicTask, now: dt.datetime | None = None) -> schedules.NextRun:
-    """A row the form would refuse (written elsewhere) is shown as such, never a 500."""
-    try:
-        return schedules.next_run(task, now)
-    except Exception as exc:  # noqa: BLE001  (any broken row: say why, list the rest)
-        return schedules.NextRun(None, "UTC", f"invalid schedule: {exc}")
+            task.upcoming = schedules.shown_next_run(task, now)
 
 
 class ScheduleAdmin(admin.ModelAdmin):
@@ -186,10 +177,7 @@ class ScheduleAdmin(admin.ModelAdmin):
     # --- columns -------------------------------------------------------------------------
     @admin.display(description="schedule")
     def schedule(self, task: PeriodicTask) -> str:
-        try:
-            return schedules.describe(task)
-        except Exception as exc:  # noqa: BLE001  (cron-descriptor refuses what beat also refuses)
-            return f"invalid: {exc}"
+        return schedules.shown_description(task)
 
     @admin.display(description="zone")
     def zone(self, task: PeriodicTask) -> str:
@@ -197,7 +185,7 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     @admin.display(description="next run")
     def next_run(self, task: PeriodicTask) -> str:
-        upcoming = getattr(task, "upcoming", None) or safe_next_run(task)
+        upcoming = getattr(task, "upcoming", None) or schedules.shown_next_run(task)
         if upcoming.at is None:
             return format_html('<span class="bk-muted">{}</span>', upcoming.reason)
         return display.local_and_utc(upcoming.local(), upcoming.at)

@@ -15,7 +15,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from scheduler_app import history, schedules, selectors, services, slots, states
+from scheduler_app import history, schedules, selectors, services, states
 from scheduler_app.forms import KINDS, ScheduleForm, initial_schedule
 from scheduler_app.models import POLICY_FIELDS, SchedulePolicy
 
@@ -168,18 +168,11 @@ class ScheduleSerializer(serializers.ModelSerializer):
         fields = initial_schedule(task)
         if "cron_timezone" in fields:
             fields["timezone"] = fields.pop("cron_timezone")
-        try:
-            words = schedules.describe(task)
-        except Exception as exc:  # noqa: BLE001  (a row written elsewhere: say so)
-            words = f"invalid: {exc}"
-        return {**fields, "words": words, "zone": schedules.zone_of(task)}
+        return {**fields, "words": schedules.shown_description(task), "zone": schedules.zone_of(task)}
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_next_run(self, task: PeriodicTask) -> dict[str, Any]:
-        try:
-            upcoming = schedules.next_run(task)
-        except (slots.InvalidSchedule, ValueError, OverflowError) as exc:
-            return {"at": None, "local": None, "zone": schedules.zone_of(task), "reason": f"invalid schedule: {exc}"}
+        upcoming = schedules.shown_next_run(task)
         local = upcoming.local()
         return {"at": upcoming.at, "local": local.isoformat() if local else None, "zone": upcoming.zone,
                 "reason": upcoming.reason}  # fmt: skip

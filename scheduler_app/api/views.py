@@ -3,8 +3,10 @@ form's, writes are `scheduler_app.services`', and every write leaves an audit en
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from celery import current_app
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
@@ -19,6 +21,7 @@ from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import APIView
 
 from scheduler_app import alerts, audit, catalog, schedules, selectors, services, slots
@@ -43,7 +46,7 @@ class BrokerUnavailable(APIException):
 
 def refused(exc: services.ServiceError) -> APIException:
     """A service's refusal as the API's answer: the broker down is a 503, the rest a 409."""
-    if "broker did not answer" in str(exc):
+    if isinstance(exc, services.BrokerUnavailable):
         return BrokerUnavailable(str(exc))
     return Conflict(str(exc))
 
@@ -227,10 +230,6 @@ def snapshot(task: PeriodicTask) -> dict[str, Any]:
 
 
 def json_safe(value: Any) -> Any:
-    import json
-
-    from rest_framework.utils.encoders import JSONEncoder
-
     return json.loads(json.dumps(value, cls=JSONEncoder))
 
 
@@ -302,8 +301,6 @@ class TaskList(APIView):
 
     @extend_schema(responses=inline_serializer("Task", {"name": serializers.CharField()}, many=True))
     def get(self, request: Request) -> Response:
-        from celery import current_app
-
         defaults = {d.task: d for d in catalog.definitions()}
         return Response(
             [task_data(name, current_app.tasks[name], defaults.get(name)) for name in services.registered_tasks()]
