@@ -52,7 +52,7 @@ def _start_embedded_redis_if_needed() -> None:
 
     from django.conf import settings
 
-    from scheduler_app import embedded_redis
+    from scheduler_app.local import embedded_redis
 
     if not settings.USES_EMBEDDED_REDIS:
         return

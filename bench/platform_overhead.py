@@ -27,7 +27,7 @@ def drain(env: dict[str, str], task: str, runs: int, concurrency: int) -> float:
     from django.db.models import Max, Min
     from django_celery_results.models import TaskResult
 
-    from scheduler_app.states import TERMINAL_STATES
+    from scheduler_app.runs.states import TERMINAL_STATES
 
     TaskResult.objects.all().delete()
     with current_app.producer_or_acquire() as producer:

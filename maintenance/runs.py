@@ -11,7 +11,7 @@ from django.db.models import Count, Max, Min
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from scheduler_app.states import TERMINAL_STATES
+from scheduler_app.runs.states import TERMINAL_STATES
 
 
 def protected_runs(keep_last: int, cutoff: dt.datetime) -> set[int]:

@@ -12,8 +12,10 @@ from typing import Any
 from django.conf import settings
 
 from maintenance import health, runs, sessions, statistics, system, tempfiles
-from scheduler_app import alerts, broker, monitoring
+from scheduler_app import broker
 from scheduler_app.catalog import Cron, Every, platform_task
+from scheduler_app.monitoring import alerts
+from scheduler_app.monitoring import health as monitoring
 
 HOUR = 3600
 

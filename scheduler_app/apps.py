@@ -9,6 +9,8 @@ class SchedulerAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Signal handlers: run context and expiry (history), the unacked-message heartbeat,
-        # the start-up health check, the schedule change log beat reloads from.
-        from scheduler_app import changes, heartbeat, history, startup  # noqa: F401
+        # Signal handlers: run context and expiry (history), the progress throttle (runtime),
+        # the unacked-message heartbeat, the start-up health check, the schedule change log
+        # beat reloads from.
+        from scheduler_app.beat import changes  # noqa: F401
+        from scheduler_app.runs import heartbeat, history, runtime, startup  # noqa: F401

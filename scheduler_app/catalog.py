@@ -14,8 +14,8 @@ from typing import Any
 from celery import shared_task
 from celery.app.task import Task
 
-from scheduler_app.policy import RunPolicy
-from scheduler_app.runtime import TRANSIENT_ERRORS, PlatformTask
+from scheduler_app.runs.policy import RunPolicy
+from scheduler_app.runs.runtime import TRANSIENT_ERRORS, PlatformTask
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from django.utils import timezone
 from django_celery_beat import validators
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
-from scheduler_app import services, slots
+from scheduler_app import services
+from scheduler_app.beat import slots
 
 KINDS = [("crontab", "crontab"), ("interval", "interval"), ("clocked", "one-off (at a moment)"), ("solar", "solar")]
 CRON_FIELDS = {

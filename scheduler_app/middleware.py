@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from scheduler_app import health_views
+from scheduler_app.monitoring import views as health_views
 
 HEALTHZ_PATH = "/healthz"
 READYZ_PATH = "/readyz"

@@ -18,7 +18,7 @@ from django.db import models
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 from django_celery_results.models import TaskResult
 
-from scheduler_app.policy import CATCH_UP_CHOICES, OVERLAP_CHOICES, task_policy
+from scheduler_app.runs.policy import CATCH_UP_CHOICES, OVERLAP_CHOICES, task_policy
 
 POLICY_FIELDS = (
     "overlap",
@@ -139,7 +139,7 @@ class ScheduleChange(models.Model):
     """The change log that lets beat reload only what changed.
 
     One row per saved or deleted schedule, policy or shared schedule object (written by
-    `scheduler_app.changes`); beat reads the rows after the last one it saw. Rows are kept
+    `scheduler_app.beat.changes`); beat reads the rows after the last one it saw. Rows are kept
     for an hour (`beat.CHANGE_LOG_RETENTION`) and then pruned by the leading beat."""
 
     TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED = "task", "interval", "crontab", "solar", "clocked"

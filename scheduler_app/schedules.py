@@ -14,9 +14,9 @@ from django.conf import settings
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from scheduler_app import slots
+from scheduler_app.beat import slots
 from scheduler_app.catalog import Every
-from scheduler_app.policy import task_policy
+from scheduler_app.runs.policy import task_policy
 
 UTC = dt.UTC
 

@@ -19,7 +19,8 @@ from django.db.models.functions import TruncHour
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import broker, leader
+from scheduler_app import broker
+from scheduler_app.beat import leader
 from scheduler_app.models import Incident, ScheduleHealth
 
 RUN_STATES = ["PENDING", "STARTED", "PROGRESS", "RETRY", "WAITING", "SUCCESS", "FAILURE", "SKIPPED", "EXPIRED",

@@ -24,9 +24,11 @@ from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 from kombu.exceptions import OperationalError as BrokerError
 
-from scheduler_app import beat, broker, history, states
+from scheduler_app import broker
+from scheduler_app.beat import scheduler as beat
 from scheduler_app.models import SchedulePolicy
-from scheduler_app.policy import task_policy
+from scheduler_app.runs import history, states
+from scheduler_app.runs.policy import task_policy
 
 REPR_LIMIT = 1024  # characters of a run's arguments that Celery records (argsrepr)
 SEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}

@@ -13,7 +13,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from scheduler_app import embedded_redis
+from scheduler_app.local import embedded_redis
 
 pytest_plugins = ["tests.browser"]  # the `browser` and `page` fixtures, and their hooks
 

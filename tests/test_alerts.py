@@ -1,4 +1,4 @@
-"""Built-in alerts (scheduler_app.alerts): incidents on each change of a schedule's health,
+"""Built-in alerts (scheduler_app.monitoring.alerts): incidents on each change of a schedule's health,
 auto-pause, and delivery to a real local SMTP server and a real local HTTP server."""
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 
 from project import env
-from scheduler_app import alerts, monitoring, services
-from scheduler_app.history import run_context
+from scheduler_app import services
 from scheduler_app.models import Incident, ScheduleChange, ScheduleHealth, SchedulePolicy
+from scheduler_app.monitoring import alerts
+from scheduler_app.monitoring import health as monitoring
+from scheduler_app.runs.history import run_context
 from tests.processes import beat, wait_for, worker
 
 pytestmark = pytest.mark.django_db(transaction=True)

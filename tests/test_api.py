@@ -18,8 +18,8 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 from rest_framework.authtoken.models import Token
 
-from scheduler_app.history import run_context
 from scheduler_app.models import AuditEntry, Incident, SchedulePolicy
+from scheduler_app.runs.history import run_context
 from tests.test_api_fuzz import served_schema
 
 pytestmark = pytest.mark.django_db(transaction=True)

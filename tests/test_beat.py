@@ -25,8 +25,7 @@ from django_celery_beat.models import (
     PeriodicTasks,
 )
 
-from scheduler_app import leader
-from scheduler_app.beat import Scheduler
+from scheduler_app.beat import Scheduler, leader
 from scheduler_app.connection import redis_client
 from scheduler_app.models import SchedulePolicy
 from scheduler_app.schedules import next_runs

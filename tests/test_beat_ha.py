@@ -27,7 +27,7 @@ from django.conf import settings
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from scheduler_app import leader
+from scheduler_app.beat import leader
 from tests.processes import Process, beat, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

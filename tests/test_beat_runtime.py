@@ -12,9 +12,9 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import embedded_redis
-from scheduler_app.history import run_context
+from scheduler_app.local import embedded_redis
 from scheduler_app.models import SchedulePolicy
+from scheduler_app.runs.history import run_context
 from tests.processes import beat, wait_for, worker
 
 NOON = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)

@@ -17,10 +17,10 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import monitoring
 from scheduler_app.admin.runs import COUNT_CAP
 from scheduler_app.forms import ScheduleForm
 from scheduler_app.models import Incident, ScheduleChange, ScheduleHealth, SchedulePolicy
+from scheduler_app.monitoring import health as monitoring
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TASK = "maintenance.purge_expired_sessions"

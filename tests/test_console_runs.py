@@ -14,7 +14,7 @@ from django_celery_results.models import TaskResult
 import tests.tasks  # noqa: F401  (registers tests.sleeper in this process, as the web process would)
 from scheduler_app import services
 from scheduler_app.connection import redis_client
-from scheduler_app.history import run_context
+from scheduler_app.runs.history import run_context
 from tests.processes import wait_for, worker
 
 pytestmark = pytest.mark.django_db(transaction=True)

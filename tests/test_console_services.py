@@ -19,8 +19,8 @@ from django_celery_results.models import TaskResult
 
 from scheduler_app import services
 from scheduler_app.connection import redis_client
-from scheduler_app.history import HEADER, run_context
 from scheduler_app.models import ScheduleChange, SchedulePolicy
+from scheduler_app.runs.history import HEADER, run_context
 from tests.processes import ROOT, process_env
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -13,7 +13,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 
 from scheduler_app import catalog
-from scheduler_app.history import run_context
+from scheduler_app.runs.history import run_context
 from tests.processes import beat, wait_for, worker
 
 pytestmark = pytest.mark.django_db(transaction=True)

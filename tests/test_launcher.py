@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from scheduler_app import catalog
-from scheduler_app.launcher import Service, Supervisor
+from scheduler_app.local.launcher import Service, Supervisor
 from tests.processes import ROOT, wait_for
 
 PY = sys.executable

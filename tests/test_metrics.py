@@ -16,7 +16,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 from prometheus_client.parser import text_string_to_metric_families
 
-from scheduler_app import leader
+from scheduler_app.beat import leader
 from scheduler_app.connection import redis_client
 from scheduler_app.models import ScheduleHealth
 
@@ -75,7 +75,7 @@ def test_it_counts_the_runs_of_the_last_day_by_task_schedule_and_state() -> None
 
 @override_settings(**OPEN)
 def test_it_folds_schedules_beyond_the_limit_into_other(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("scheduler_app.metrics.MAX_SCHEDULES", 2)
+    monkeypatch.setattr("scheduler_app.monitoring.metrics.MAX_SCHEDULES", 2)
     for name, runs in (("busy", 3), ("middling", 2), ("quiet-a", 1), ("quiet-b", 1)):
         for _ in range(runs):
             run("tests.metrics.fold", "SUCCESS", schedule=name)

@@ -1,4 +1,4 @@
-"""Late and failing schedules (scheduler_app.monitoring), with the clock under control."""
+"""Late and failing schedules (scheduler_app.monitoring.health), with the clock under control."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import monitoring
 from scheduler_app.models import ScheduleHealth
+from scheduler_app.monitoring import health as monitoring
 
 pytestmark = pytest.mark.django_db(transaction=True)
 START = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)

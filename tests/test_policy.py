@@ -7,8 +7,8 @@ from django.core.exceptions import ValidationError
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from scheduler_app.models import SchedulePolicy
-from scheduler_app.policy import RunPolicy
-from scheduler_app.runtime import ResultNotSerializable, backoff, ensure_serializable, report_progress
+from scheduler_app.runs.policy import RunPolicy
+from scheduler_app.runs.runtime import ResultNotSerializable, backoff, ensure_serializable, report_progress
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import pytest
 import redis
 from django.test import Client, override_settings
 
-from scheduler_app import readiness
+from scheduler_app.monitoring import readiness
 from tests.processes import beat, wait_for, worker
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -15,9 +15,9 @@ from celery import current_app
 from celery.result import AsyncResult
 from django_celery_results.models import TaskResult
 
-from scheduler_app import locks
 from scheduler_app.connection import redis_client
-from scheduler_app.history import run_context
+from scheduler_app.runs import locks
+from scheduler_app.runs.history import run_context
 from tests.processes import Process, wait_for, worker
 
 pytestmark = pytest.mark.django_db(transaction=True)

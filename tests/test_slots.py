@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from scheduler_app import slots
+from scheduler_app.beat import slots
 
 UTC = dt.UTC
 

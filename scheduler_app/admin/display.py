@@ -12,7 +12,7 @@ from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 from django_celery_results.models import TaskResult
 
-from scheduler_app.history import run_context
+from scheduler_app.runs.history import run_context
 
 STATE_CLASSES = {
     "SUCCESS": "ok",

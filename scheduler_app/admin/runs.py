@@ -21,11 +21,12 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 from django_celery_beat.models import PeriodicTask
 
-from scheduler_app import selectors, services, states
+from scheduler_app import selectors, services
 from scheduler_app.admin import display
 from scheduler_app.admin.readonly import ReadOnly
-from scheduler_app.history import TRIGGERS, run_context
 from scheduler_app.models import Run
+from scheduler_app.runs import states
+from scheduler_app.runs.history import TRIGGERS, run_context
 
 TRIGGER_SQL = 'substring(%(expressions)s from \'"trigger": "([a-z]+)"\')'
 COUNT_CAP = 10_000  # a filtered list counts no further than this

@@ -20,11 +20,13 @@ from django.views.decorators.http import require_POST
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import alerts, schedules, selectors, services, slots
+from scheduler_app import schedules, selectors, services
 from scheduler_app.admin import display
 from scheduler_app.admin.forms import AdminScheduleForm, ScheduleActionForm, zone_choices
+from scheduler_app.beat import slots
 from scheduler_app.models import ScheduleHealth, SchedulePolicy
-from scheduler_app.policy import task_policy
+from scheduler_app.monitoring import alerts
+from scheduler_app.runs.policy import task_policy
 
 
 class PolicyFormSet(BaseInlineFormSet):

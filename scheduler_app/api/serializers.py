@@ -15,9 +15,10 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from scheduler_app import history, schedules, selectors, services, states
+from scheduler_app import schedules, selectors, services
 from scheduler_app.forms import KINDS, ScheduleForm, initial_schedule
 from scheduler_app.models import POLICY_FIELDS, SchedulePolicy
+from scheduler_app.runs import history, states
 
 POLICY_API_FIELDS = (*POLICY_FIELDS, "late_after", "alert_after_failures", "pause_after_failures")
 MESSAGE_FIELDS = ("queue", "priority", "expires", "expire_seconds", "start_time", "one_off")

@@ -24,12 +24,14 @@ from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import APIView
 
-from scheduler_app import alerts, audit, catalog, schedules, selectors, services, slots
+from scheduler_app import audit, catalog, schedules, selectors, services
 from scheduler_app.api import serializers as api
 from scheduler_app.api.permissions import RUN_PERMS, SCHEDULE_PERMS, StaffWithModelPermission
-from scheduler_app.history import TRIGGERS
+from scheduler_app.beat import slots
 from scheduler_app.models import Run, ScheduleHealth
-from scheduler_app.policy import task_policy
+from scheduler_app.monitoring import alerts
+from scheduler_app.runs.history import TRIGGERS
+from scheduler_app.runs.policy import task_policy
 
 MAX_NEXT_RUNS = 100
 

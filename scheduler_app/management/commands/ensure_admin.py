@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from scheduler_app.accounts import ensure_admin
+from scheduler_app.local.accounts import ensure_admin
 
 
 class Command(BaseCommand):

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from project import env
 from scheduler_app.connection import redis_client
-from scheduler_app.launcher import Service, Supervisor
+from scheduler_app.local.launcher import Service, Supervisor
 
 STOP_ORDER = ("web", "beat", "worker", "redis")
 READY_TIMEOUT = 60.0

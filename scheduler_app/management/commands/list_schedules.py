@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from scheduler_app import slots
+from scheduler_app.beat import slots
 from scheduler_app.schedules import NextRun, describe, next_runs, why_not
 
 

@@ -23,13 +23,14 @@ from typing import Any
 from celery import Task, current_task
 from celery import states as celery_states
 from celery.exceptions import Ignore, Retry
+from celery.signals import task_postrun
 from django.db import OperationalError
 from django.utils import timezone
 from kombu.utils.json import dumps as json_dumps
 
-from scheduler_app import locks, states
-from scheduler_app.history import HEADER
-from scheduler_app.policy import RunPolicy
+from scheduler_app.runs import locks, states
+from scheduler_app.runs.history import HEADER
+from scheduler_app.runs.policy import RunPolicy
 
 logger = logging.getLogger(__name__)
 WAIT_POLL_SECONDS = 2.0
@@ -142,6 +143,11 @@ def ensure_serializable(task_name: str, result: Any) -> None:
 
 
 _last_progress: dict[str, float] = {}
+
+
+@task_postrun.connect
+def forget_progress_throttle(task_id: str = "", **kwargs: Any) -> None:
+    _last_progress.pop(task_id, None)
 
 
 def report_progress(percent: float, message: str = "", *, force: bool = False) -> bool:

@@ -7,12 +7,12 @@ and deletes picked up, `last_run_at` persisted) but not its costs:
 - entries are lean (columns read with `values_list`, arguments decoded only when sent),
   and schedule objects are shared between the entries that use the same row;
 - a heap of next-due times: a tick looks at the top only, and sends every due entry;
-- edits are read from the change log (`scheduler_app.changes`): only changed rows are
+- edits are read from the change log (`scheduler_app.beat.changes`): only changed rows are
   reloaded; a bulk update that wrote no log (django-celery-beat's admin actions) is
   answered with a full reload;
 - `last_run_at` is written in batches, once a second, with one statement per 500 rows.
 
-Dispatch and failover: only the holder of the Redis lease sends (`scheduler_app.leader`),
+Dispatch and failover: only the holder of the Redis lease sends (`scheduler_app.beat.leader`),
 and every send is first claimed, under the fencing check, as (schedule, slot): a slot is
 sent once however many beats run, restart or take over. `last_run_at` is the slot sent
 (not the moment of sending), so interval schedules do not drift and every beat computes
@@ -49,10 +49,10 @@ from django_celery_beat.models import PeriodicTask, PeriodicTasks
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 from kombu.utils.json import loads
 
-from scheduler_app import leader, slots
-from scheduler_app.history import HEADER
+from scheduler_app.beat import leader, slots
 from scheduler_app.models import POLICY_FIELDS, SHARED_SCHEDULES, ScheduleChange
-from scheduler_app.policy import RunPolicy, task_policy
+from scheduler_app.runs.history import HEADER
+from scheduler_app.runs.policy import RunPolicy, task_policy
 
 logger = logging.getLogger(__name__)
 UTC = dt.UTC

@@ -38,9 +38,10 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import services, states
+from scheduler_app import services
 from scheduler_app.models import Incident, ScheduleHealth
-from scheduler_app.runtime import TRANSIENT_ERRORS
+from scheduler_app.runs import states
+from scheduler_app.runs.runtime import TRANSIENT_ERRORS
 
 logger = logging.getLogger(__name__)
 

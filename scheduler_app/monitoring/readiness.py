@@ -25,7 +25,7 @@ from celery import current_app
 from django.conf import settings
 from django.db import connection
 
-from scheduler_app import leader
+from scheduler_app.beat import leader
 
 TIMEOUT = 2.5  # seconds for all checks together; a probe's timeoutSeconds should be 3 or more
 REDIS_TIMEOUT = 1.0  # connect and read timeout of the probe's own Redis client

@@ -10,7 +10,7 @@ verdict, and the next run time, in `ScheduleHealth`, which the console's filters
 dashboard read; the `maintenance.check_schedules` task runs it every minute.
 
 Each change of state (ok, late, failing) writes one `Incident`, in the same transaction
-as the new state, and queues its alerts (`scheduler_app.alerts`); a schedule that stays
+as the new state, and queues its alerts (`scheduler_app.monitoring.alerts`); a schedule that stays
 late or failing writes nothing more. Passes never overlap (the task's `overlap="skip"`),
 so a transition is seen once.
 
@@ -34,8 +34,11 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import alerts, schedules, slots, states
+from scheduler_app import schedules
+from scheduler_app.beat import slots
 from scheduler_app.models import ScheduleHealth, SchedulePolicy
+from scheduler_app.monitoring import alerts
+from scheduler_app.runs import states
 
 MIN_GRACE = dt.timedelta(minutes=1)
 MAX_GRACE = dt.timedelta(hours=1)

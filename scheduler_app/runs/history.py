@@ -13,11 +13,11 @@ import json
 from typing import Any
 
 from celery import states as celery_states
-from celery.signals import before_task_publish, task_postrun, task_prerun, task_revoked
+from celery.signals import before_task_publish, task_prerun, task_revoked
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from scheduler_app import states
+from scheduler_app.runs import states
 
 HEADER = "beatkeeper"
 TRIGGERS = ("beat", "manual", "api", "retry", "direct")  # "by": who asked, for all but beat and direct
@@ -65,13 +65,6 @@ def context_of(header: dict[str, Any], request: Any) -> dict[str, Any]:
         "queued_at": header.get("queued_at"),
         **{key: header[key] for key in ("by", "retry_of") if header.get(key)},
     }
-
-
-@task_postrun.connect
-def forget_progress_throttle(task_id: str = "", **kwargs: Any) -> None:
-    from scheduler_app.runtime import _last_progress
-
-    _last_progress.pop(task_id, None)
 
 
 @task_revoked.connect

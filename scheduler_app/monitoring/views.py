@@ -20,8 +20,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.cache import add_never_cache_headers
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from scheduler_app import metrics as metrics_text
-from scheduler_app import readiness
+from scheduler_app.monitoring import metrics as metrics_text
+from scheduler_app.monitoring import readiness
 
 READYZ_CACHE_KEY = "beatkeeper:readyz"
 READYZ_CACHE_SECONDS = 2  # a flood of probes costs one round of checks every 2 s, not one per call

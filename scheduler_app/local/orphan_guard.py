@@ -1,4 +1,4 @@
-"""`python -m scheduler_app.orphan_guard CMD ARGS...`: exec CMD so that it receives
+"""`python -m scheduler_app.local.orphan_guard CMD ARGS...`: exec CMD so that it receives
 SIGTERM if the launcher that started it dies, even by SIGKILL (Linux's parent-death
 signal, which survives exec). Elsewhere it just execs CMD."""
 

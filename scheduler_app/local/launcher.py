@@ -50,7 +50,7 @@ class Supervisor:
     # --- starting ---------------------------------------------------------------------
     def start(self, service: Service) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "scheduler_app.orphan_guard", *service.argv],
+            [sys.executable, "-m", "scheduler_app.local.orphan_guard", *service.argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

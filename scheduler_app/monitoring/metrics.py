@@ -41,8 +41,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFami
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from scheduler_app import broker, leader, states
+from scheduler_app import broker
+from scheduler_app.beat import leader
 from scheduler_app.models import ScheduleHealth
+from scheduler_app.runs import states
 
 logger = logging.getLogger(__name__)
 COUNT_WINDOW = dt.timedelta(hours=24)
