@@ -12,7 +12,7 @@ export BEATKEEPER_CHROMIUM
 help:
 	@echo "make run    - set up, then run web + worker + beat (+ embedded Redis) until Ctrl-C"
 	@echo "make test   - set up, then run the whole test suite"
-	@echo "make lint   - ruff check and format check"
+	@echo "make lint   - ruff (check, format), mypy --strict, import-linter (layers, no circles)"
 	@echo "make clean  - remove the virtualenv and var/ (the local database and broker data)"
 
 run: $(VENV)/.runtime-installed
@@ -24,6 +24,8 @@ test: $(VENV)/.dev-installed $(BEATKEEPER_CHROMIUM)
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff check --fix .

@@ -42,7 +42,8 @@ def drain(env: dict[str, str], task: str, runs: int, concurrency: int) -> float:
     worker.send_signal(signal.SIGTERM)
     worker.wait(60)
     span = TaskResult.objects.aggregate(first=Min("date_started"), last=Max("date_done"))
-    return runs / (span["last"] - span["first"]).total_seconds()
+    seconds: float = (span["last"] - span["first"]).total_seconds()
+    return runs / seconds
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ entry per write (`AuditEntry`); the admin keeps Django's own history as well."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.db import models
 
@@ -18,7 +18,8 @@ def record(actor: Any, action: str, obj: models.Model | None, *, object_type: st
         actor_name=user.get_username() if user else "system",
         via=via,
         action=action,
-        object_type=object_type or (obj._meta.model_name if obj is not None else ""),
+        # A registered model's name is always set (None only before the class is prepared).
+        object_type=object_type or (cast(str, obj._meta.model_name) if obj is not None else ""),
         object_id=object_id or (str(obj.pk) if obj is not None else ""),
         object_repr=str(obj)[:200] if obj is not None else "",
         changes=changes or {},

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import redis
 from celery import current_app
+from kombu import Connection
 
 from scheduler_app import catalog
 from scheduler_app.connection import redis_client
@@ -46,9 +47,10 @@ def queue_depths() -> dict[str, int]:
     return depths
 
 
-def _depth(conn: object, queue: str) -> int:
+def _depth(conn: Connection, queue: str) -> int:
     try:
-        return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)  # type: ignore[attr-defined]
+        channel = conn.default_channel  # kombu-stubs type it StdChannel, which lacks the transports' queue_declare
+        return int(channel.queue_declare(queue=queue, passive=True).message_count)  # type: ignore[attr-defined]
     except Exception as exc:  # noqa: BLE001  (a queue nobody declared yet is empty)
         return 0 if "NOT_FOUND" in str(exc) or "no queue" in str(exc).lower() else -1
 

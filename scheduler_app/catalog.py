@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from celery import shared_task
-from celery.app.task import Task
 
 from scheduler_app.runs.policy import RunPolicy
 from scheduler_app.runs.runtime import TRANSIENT_ERRORS, PlatformTask
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -83,22 +85,22 @@ def platform_task(
     expires: int | None = None,
     queue: str | None = None,
     kwargs: Mapping[str, Any] | None = None,
-    retry_for: tuple[type[BaseException], ...] = TRANSIENT_ERRORS,
+    retry_for: tuple[type[Exception], ...] = TRANSIENT_ERRORS,
     **policy: Any,
-) -> Callable[[Callable[..., Any]], Task]:
+) -> Callable[[Callable[_P, _R]], PlatformTask[_P, _R]]:
     """Register a platform task named `name` with its policy (see RunPolicy for the
     keywords), and, given a `schedule`, its default schedule in the catalog."""
     run_policy = RunPolicy(**policy)
 
-    def decorate(func: Callable[..., Any]) -> Task:
+    def decorate(func: Callable[_P, _R]) -> PlatformTask[_P, _R]:
         task = shared_task(
             name=name,
             base=PlatformTask,
             policy=run_policy,
             retry_for=retry_for,
             max_retries=run_policy.max_retries,
-            soft_time_limit=run_policy.soft_time_limit,
-            time_limit=run_policy.time_limit,
+            soft_time_limit=run_policy.soft_time_limit,  # type: ignore[arg-type]  # celery-types: None (no limit) valid
+            time_limit=run_policy.time_limit,  # type: ignore[arg-type]  # celery-types: None (no limit) valid
         )(func)
         if schedule is not None:
             register(_definition(func, name, schedule, schedule_name, expires, queue, kwargs, run_policy))

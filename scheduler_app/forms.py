@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import zoneinfo
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -34,6 +34,11 @@ CRON_FIELDS = {
 }
 PREVIEW_COUNT = 5
 
+if TYPE_CHECKING:  # Django's classes take no type arguments at run time (no django_stubs_ext.monkeypatch)
+    PeriodicTaskForm = forms.ModelForm[PeriodicTask]
+else:
+    PeriodicTaskForm = forms.ModelForm
+
 
 @cache
 def zone_choices() -> list[tuple[str, str]]:
@@ -48,7 +53,7 @@ def task_choices(current: str | None = None) -> list[tuple[str, str]]:
     return [("", "---------"), *choices]
 
 
-class ScheduleForm(forms.ModelForm):
+class ScheduleForm(PeriodicTaskForm):
     task = forms.ChoiceField(help_text="One of the tasks the workers of this project can run.")
     kind = forms.ChoiceField(choices=KINDS, initial="crontab", label="Schedule", widget=forms.RadioSelect)
     minute = forms.CharField(initial="*", required=False, max_length=240)
@@ -61,7 +66,7 @@ class ScheduleForm(forms.ModelForm):
     )
     every = forms.IntegerField(required=False, min_value=1, max_value=2**31 - 1, label="Every")
     period = forms.ChoiceField(choices=IntervalSchedule.PERIOD_CHOICES, required=False, initial="minutes")
-    clocked_time = forms.DateTimeField(required=False, label="Run at", help_text="In the server's zone.")
+    clocked_time: forms.Field = forms.DateTimeField(required=False, label="Run at", help_text="In the server's zone.")
     solar_event = forms.ChoiceField(choices=SolarSchedule._meta.get_field("event").choices, required=False)
     latitude = forms.DecimalField(required=False, min_value=-90, max_value=90, decimal_places=6)
     longitude = forms.DecimalField(required=False, min_value=-180, max_value=180, decimal_places=6)
@@ -78,7 +83,8 @@ class ScheduleForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["task"].choices = task_choices(self.instance.task if self.instance.pk else None)
+        task_field = cast(forms.ChoiceField, self.fields["task"])  # declared above as a ChoiceField
+        task_field.choices = task_choices(self.instance.task if self.instance.pk else None)
         self.fields["cron_timezone"].widget.attrs["list"] = "beatkeeper-zones"
         self.fields["priority"].help_text = "0 (first) to 9 (last); empty: 5."
         self.schedule_row: slots.ScheduleRow | None = None
@@ -102,7 +108,7 @@ class ScheduleForm(forms.ModelForm):
         return priority
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = cast(dict[str, Any], super().clean())  # BaseModelForm.clean returns cleaned_data, never None
         kind = data.get("kind")
         build = {"crontab": self._crontab, "interval": self._interval, "clocked": self._clocked, "solar": self._solar}
         if kind in build:
@@ -116,7 +122,7 @@ class ScheduleForm(forms.ModelForm):
                 self.add_error(None, str(exc))
         if self.schedule_row is not None:  # the model's own check wants exactly one schedule
             self.instance.interval = self.instance.crontab = self.instance.solar = self.instance.clocked = None
-            setattr(self.instance, kind, self.schedule_row)
+            setattr(self.instance, cast(str, kind), self.schedule_row)  # a row was built: kind is one of build's
             self.instance.one_off = self.instance.one_off or kind == "clocked"
         return data
 
@@ -173,9 +179,10 @@ class ScheduleForm(forms.ModelForm):
             super().validate_unique()
             return
         try:
-            models.Model.validate_unique(self.instance, exclude=self._get_validation_exclusions())
+            exclude = self._get_validation_exclusions()  # type: ignore[attr-defined]  # private; not in django-stubs
+            models.Model.validate_unique(self.instance, exclude=exclude)
         except ValidationError as exc:
-            self._update_errors(exc)
+            self._update_errors(exc)  # type: ignore[attr-defined]  # private; not in django-stubs
 
     # --- saving --------------------------------------------------------------------------
     def save(self, commit: bool = True) -> PeriodicTask:

@@ -123,7 +123,7 @@ def seeded_state_of(task: PeriodicTask) -> State:
 def schedule_key(schedule: Every | Cron) -> str:
     if isinstance(schedule, Every):
         return f"every {schedule.seconds}s"
-    fields = (schedule.minute, schedule.hour, schedule.day_of_month)
+    fields: tuple[str, ...] = (schedule.minute, schedule.hour, schedule.day_of_month)
     fields += (schedule.month_of_year, schedule.day_of_week)
     return f"cron {' '.join(fields)} {schedule.timezone}"
 

@@ -9,7 +9,7 @@ import json
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from celery import current_app
 from celery import states as celery_states
@@ -32,6 +32,8 @@ DAY = dt.timedelta(hours=24)
 DASHBOARD_RUN_LIMIT = 100_000  # runs of the last day read for percentiles and concurrency
 HEALTH_TASK = "maintenance.system_health_check"
 
+RunT = TypeVar("RunT", bound=TaskResult)
+
 
 @dataclass(frozen=True)
 class RunStats:
@@ -50,8 +52,8 @@ def run_stats(names: list[str], recent: int = RECENT_RUNS) -> dict[str, RunStats
     """The last `recent` runs of each named schedule, summed up (one bounded query each)."""
     stats = {}
     for name in names:
-        rows = TaskResult.objects.filter(periodic_task_name=name).order_by("-date_created")
-        rows = list(rows.values_list("status", "date_created", "date_started", "date_done")[:recent])
+        runs = TaskResult.objects.filter(periodic_task_name=name).order_by("-date_created")
+        rows = list(runs.values_list("status", "date_created", "date_started", "date_done")[:recent])
         if rows:
             stats[name] = summarise(rows)
     return stats
@@ -78,11 +80,12 @@ class TriggerOf(Func):
     output_field = CharField()
 
 
-def with_trigger(runs: QuerySet[Any], trigger: str) -> QuerySet[Any]:
+def with_trigger(runs: QuerySet[RunT], trigger: str) -> QuerySet[RunT]:
     """Runs of one trigger: through the expression index of migration 0004 on PostgreSQL,
     a `LIKE` on the meta text elsewhere."""
     if connection.vendor == "postgresql":
-        return runs.alias(trigger=TriggerOf("meta")).filter(trigger=trigger)
+        # An alias only filters: the rows stay the caller's runs (the stubs type it as an annotation).
+        return cast("QuerySet[RunT]", runs.alias(trigger=TriggerOf("meta")).filter(trigger=trigger))
     return runs.filter(meta__contains=json.dumps({"trigger": trigger})[1:-1])
 
 
@@ -112,10 +115,14 @@ def run_figures(since: dt.datetime | None) -> dict[str, Any]:
     runs = TaskResult.objects.all() if since is None else TaskResult.objects.filter(date_created__gte=since)
     counts = dict(runs.values_list("status").annotate(n=Count("pk")).values_list("status", "n"))
     successes, failures = counts.get(celery_states.SUCCESS, 0), counts.get(celery_states.FAILURE, 0)
-    spans = list(
-        runs.filter(date_started__isnull=False, date_done__isnull=False)
-        .order_by("-date_created")
-        .values_list("date_started", "date_done")[:DASHBOARD_RUN_LIMIT]
+    # The filter leaves only runs with both times.
+    spans = cast(
+        list[tuple[dt.datetime, dt.datetime]],
+        list(
+            runs.filter(date_started__isnull=False, date_done__isnull=False)
+            .order_by("-date_created")
+            .values_list("date_started", "date_done")[:DASHBOARD_RUN_LIMIT]
+        ),
     )
     durations = sorted((done - started).total_seconds() for started, done in spans)
     return {
@@ -173,7 +180,7 @@ def median_duration_per_task(since: dt.datetime) -> list[tuple[str, float]]:
     spans: defaultdict[str, list[float]] = defaultdict(list)
     rows = TaskResult.objects.filter(date_created__gte=since, status=celery_states.SUCCESS, date_started__isnull=False)
     for name, started, done in rows.values_list("task_name", "date_started", "date_done")[:DASHBOARD_RUN_LIMIT]:
-        if done:
+        if done and started:  # started: never NULL here (the filter)
             spans[name or "?"].append((done - started).total_seconds())
     medians = [(name, statistics.median(values)) for name, values in spans.items()]
     return sorted(medians, key=lambda item: item[1], reverse=True)[:15]
@@ -184,7 +191,7 @@ def upcoming_runs(now: dt.datetime, limit: int = 15) -> list[tuple[PeriodicTask,
     the schedules (`monitoring`, every minute) found their next runs."""
     rows = ScheduleHealth.objects.filter(next_at__gte=now, next_at__lte=now + DAY, periodic_task__enabled=True)
     rows = rows.select_related("periodic_task").order_by("next_at")[:limit]
-    return [(row.periodic_task, row.next_at) for row in rows]
+    return [(row.periodic_task, cast(dt.datetime, row.next_at)) for row in rows]  # next_at__gte: never None
 
 
 def recent_incidents(limit: int = 10) -> list[Incident]:

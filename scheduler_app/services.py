@@ -25,7 +25,7 @@ from django_celery_results.models import TaskResult
 from kombu.exceptions import OperationalError as BrokerError
 
 from scheduler_app import broker
-from scheduler_app.beat import scheduler as beat
+from scheduler_app.beat import entries
 from scheduler_app.models import SchedulePolicy
 from scheduler_app.runs import history, states
 from scheduler_app.runs.policy import task_policy
@@ -161,7 +161,7 @@ def schedule_options(task: PeriodicTask, overrides: dict[str, Any]) -> dict[str,
     values = {key: getattr(task, key) for key in ("name", "queue", "exchange", "routing_key", "priority", "headers")}
     values |= {"expires": task.expires, "expire_seconds": task.expire_seconds}
     policy = task_policy(task.task).with_overrides(overrides)
-    return beat.message_options(values, overrides, policy)
+    return entries.message_options(values, overrides, policy)
 
 
 def stored_args(raw: str, empty: str) -> Any:
@@ -180,8 +180,11 @@ def retry_run(row: TaskResult, *, by: Any, trigger: str = "retry") -> str:
     if row.status not in states.TERMINAL_STATES:
         raise ServiceError(f"run {row.task_id} is {row.status}, not finished; revoke it first or wait for it.")
     args, kwargs = recorded_arguments(row.task_args, "args"), recorded_arguments(row.task_kwargs, "kwargs")
-    header = {"trigger": trigger, "by": username(by), "retry_of": row.task_id}
-    schedule = PeriodicTask.objects.filter(name=row.periodic_task_name).first() if row.periodic_task_name else None
+    if not row.task_name:
+        raise ServiceError(f"run {row.task_id} has no task name recorded, so there is nothing to run again.")
+    header: dict[str, Any] = {"trigger": trigger, "by": username(by), "retry_of": row.task_id}
+    name = row.periodic_task_name
+    schedule = PeriodicTask.objects.filter(name=name).first() if name else None
     if schedule is None:
         return send(row.task_name, args, kwargs, options={}, header=header)
     overrides = overrides_of(schedule)

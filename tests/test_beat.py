@@ -134,7 +134,7 @@ def test_it_reloads_only_what_changed(sent: list[dict[str, Any]]) -> None:
     edited, deleted, disabled = (schedule(name, 3600, ago=10) for name in ("edited", "deleted", "disabled"))
     untouched = schedule("untouched", 3600, ago=10)
     beat = started()
-    kept = beat._entries[untouched.pk]
+    kept = beat.store.entries[untouched.pk]
     edited.interval = interval(5)
     edited.save()
     deleted.delete()
@@ -142,8 +142,8 @@ def test_it_reloads_only_what_changed(sent: list[dict[str, Any]]) -> None:
     disabled.save()
     beat.housekeeping()
     assert sorted(beat.schedule) == ["edited", "untouched"]
-    assert beat._entries[untouched.pk] is kept  # not reloaded
-    assert beat._entries[edited.pk].next_slot == edited.last_run_at + dt.timedelta(seconds=5)
+    assert beat.store.entries[untouched.pk] is kept  # not reloaded
+    assert beat.store.entries[edited.pk].next_slot == edited.last_run_at + dt.timedelta(seconds=5)
     beat.tick()
     assert names(sent) == ["edited"]
     beat.close()
@@ -157,7 +157,7 @@ def test_it_follows_an_edit_of_a_shared_crontab() -> None:
     cron.save()
     beat.housekeeping()
     for task in users:
-        assert beat._entries[task.pk].next_slot.astimezone(cron.timezone).hour == 5  # type: ignore[union-attr]
+        assert beat.store.entries[task.pk].next_slot.astimezone(cron.timezone).hour == 5  # type: ignore[union-attr]
     beat.close()
 
 
@@ -179,13 +179,13 @@ def test_it_follows_a_bulk_update_from_the_stock_admin_with_a_full_reload() -> N
 def test_a_saved_edit_is_not_taken_for_a_bulk_update() -> None:
     edited = schedule("saved", 30, ago=1)
     beat = started()
-    kept = beat._entries[edited.pk]
+    kept = beat.store.entries[edited.pk]
     edited.interval = interval(9)
     edited.save()  # bumps PeriodicTasks and writes its change-log row
     beat.housekeeping()
     beat.housekeeping()
-    assert beat._entries[edited.pk] is not kept and beat._entries[edited.pk].table_key[0] == "interval"
-    assert beat._unexplained is None and beat._changes_ts == PeriodicTasks.last_change()
+    assert beat.store.entries[edited.pk] is not kept and beat.store.entries[edited.pk].table_key[0] == "interval"
+    assert beat.changes._unexplained is None and beat.changes._changes_ts == PeriodicTasks.last_change()
     beat.close()
 
 
@@ -252,7 +252,7 @@ def test_it_follows_the_catch_up_policy_for_a_missed_slot(
 def test_it_sends_each_slot_missed_within_the_grace_once_in_order(sent: list[dict[str, Any]]) -> None:
     task = schedule("every second", 1, ago=4.5)  # a failover: 4 slots fell due meanwhile
     beat = started()
-    while beat._due and beat._due[0][0] <= timezone.now().timestamp():
+    while (first := beat.due.first_due()) is not None and first <= timezone.now().timestamp():
         beat.tick()
     slots = [dt.datetime.fromisoformat(h["scheduled_for"]) for h in sent]
     assert slots == [task.last_run_at + dt.timedelta(seconds=n) for n in range(1, 5)]
@@ -308,8 +308,8 @@ def test_a_leader_that_lost_its_lease_sends_nothing(sent: list[dict[str, Any]]) 
     heir = started()  # ...and another beat took over
     assert heir.lease.token > stale.lease.token  # type: ignore[operator]
     stale._next_housekeeping = float("inf")  # it has not noticed yet
-    stale._entries[next(iter(stale._entries))].next_slot = timezone.now()
-    stale._rebuild_heap()
+    stale.store.entries[next(iter(stale.store.entries))].next_slot = timezone.now()
+    stale.due.rebuild(stale.store.entries.values())
     stale.tick()
     assert sent == []  # the fencing check refused its claim
     assert not stale.lease.is_leader

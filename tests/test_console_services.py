@@ -153,13 +153,12 @@ def test_it_duplicates_a_schedule_with_its_policy_as_a_disabled_copy(operator: U
 
 def finished_run(status: str = "FAILURE", **fields: Any) -> TaskResult:
     values = {
+        "task_name": TASK,
         "task_args": json.dumps(repr([1, "two"])),
         "task_kwargs": json.dumps(repr({"flag": True, "none": None})),
         **fields,
     }
-    return TaskResult.objects.create(
-        task_id=str(uuid.uuid4()), task_name=TASK, status=status, date_done=timezone.now(), **values
-    )
+    return TaskResult.objects.create(task_id=str(uuid.uuid4()), status=status, date_done=timezone.now(), **values)
 
 
 def test_it_retries_a_run_with_the_same_arguments_linked_to_the_old_one(operator: User, queue: str) -> None:
@@ -183,6 +182,9 @@ def test_it_refuses_to_retry_a_run_still_running_or_recorded_shortened(operator:
     cut = finished_run(task_args=json.dumps("[1, 2, ...]"))
     with pytest.raises(services.ServiceError, match="recorded shortened"):
         services.retry_run(cut, by=operator)
+    nameless = finished_run(task_name=None)  # a row written by something else than a worker
+    with pytest.raises(services.ServiceError, match="no task name recorded"):
+        services.retry_run(nameless, by=operator)
 
 
 def test_it_revokes_a_queued_run_and_refuses_a_finished_one(operator: User, queue: str) -> None:

@@ -7,6 +7,7 @@ Valkey server under VAR_DIR, which the launcher (`make run`) starts. See README.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from project import env
 
@@ -126,7 +127,7 @@ SPECTACULAR_SETTINGS = {
 # Read by project/celery.py through the CELERY_ namespace.
 CELERY_BROKER_URL = env.broker_url(REDIS_URL)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     # A message held by a worker that died is delivered again after this many seconds.
     # Live workers refresh the messages they hold (scheduler_app/heartbeat.py), so a long
     # run or a far ETA is never delivered twice, whatever this value.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from django.contrib import admin
 from django.utils.html import format_html
@@ -10,9 +11,14 @@ from django.utils.html import format_html
 from scheduler_app.admin.readonly import ReadOnly
 from scheduler_app.models import AuditEntry
 
+if TYPE_CHECKING:  # Django's classes take no type arguments at run time (no django_stubs_ext.monkeypatch)
+    AuditEntryModelAdmin = admin.ModelAdmin[AuditEntry]
+else:
+    AuditEntryModelAdmin = admin.ModelAdmin
+
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(ReadOnly, admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnly, AuditEntryModelAdmin):
     list_display = ["at", "actor_name", "via", "action", "object_type", "object_id", "object_repr"]
     list_filter = ["via", "action", "object_type"]
     search_fields = ["actor_name", "object_repr", "object_id"]

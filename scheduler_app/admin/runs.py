@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -31,8 +31,15 @@ from scheduler_app.runs.history import TRIGGERS, run_context
 TRIGGER_SQL = 'substring(%(expressions)s from \'"trigger": "([a-z]+)"\')'
 COUNT_CAP = 10_000  # a filtered list counts no further than this
 
+if TYPE_CHECKING:  # Django's classes take no type arguments at run time (no django_stubs_ext.monkeypatch)
+    RunPaginator = Paginator[Run]
+    RunModelAdmin = admin.ModelAdmin[Run]
+else:
+    RunPaginator = Paginator
+    RunModelAdmin = admin.ModelAdmin
 
-class CappedPaginator(Paginator):
+
+class CappedPaginator(RunPaginator):
     """Counts at most COUNT_CAP + 1 rows: a page of a million runs costs what a page of ten
     thousand does. The list then says "10,000+"."""
 
@@ -40,7 +47,8 @@ class CappedPaginator(Paginator):
     def count(self) -> int:
         # Without the list's order, the count reads the filter's own index (4 ms instead of
         # 130 ms for a task filter at a million runs, bench/runs_admin.py).
-        return self.object_list.order_by()[: COUNT_CAP + 1].count()
+        runs = cast(QuerySet[Run], self.object_list)  # the admin pages its changelist's queryset
+        return runs.order_by()[: COUNT_CAP + 1].count()
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -61,7 +69,8 @@ class TextFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("", "")]  # a filter with no lookups is not shown at all
 
-    def choices(self, changelist: Any) -> list[dict[str, Any]]:
+    # django-stubs type the choices for the default filter template; this filter's own template takes other keys.
+    def choices(self, changelist: Any) -> list[dict[str, Any]]:  # type: ignore[override]  # stub: default template's
         others = {k: v for k, v in changelist.params.items() if k not in (self.parameter_name, "p")}
         return [{"value": self.value() or "", "name": self.parameter_name, "others": others.items()}]
 
@@ -90,7 +99,8 @@ class TriggerFilter(admin.SimpleListFilter):
         return [(trigger, trigger) for trigger in TRIGGERS]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
-        return selectors.with_trigger(queryset, self.value()) if self.value() in TRIGGERS else queryset
+        trigger = self.value()
+        return selectors.with_trigger(queryset, trigger) if trigger in TRIGGERS else queryset
 
 
 class SinceFilter(admin.SimpleListFilter):
@@ -100,12 +110,13 @@ class SinceFilter(admin.SimpleListFilter):
         return [("1h", "last hour"), ("24h", "last 24 hours"), ("7d", "last 7 days"), ("30d", "last 30 days")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> QuerySet[Run]:
-        if self.value() not in selectors.SINCE:
+        since = self.value()
+        if since not in selectors.SINCE:
             return queryset
-        return queryset.filter(date_created__gte=timezone.now() - selectors.SINCE[self.value()])
+        return queryset.filter(date_created__gte=timezone.now() - selectors.SINCE[since])
 
 
-class RunAdmin(ReadOnly, admin.ModelAdmin):
+class RunAdmin(ReadOnly, RunModelAdmin):
     class Media:
         css = {"all": ["beatkeeper/console.css"]}
 
@@ -147,11 +158,12 @@ class RunAdmin(ReadOnly, admin.ModelAdmin):
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
-        changelist = getattr(response, "context_data", {}).get("cl")
+        context: dict[str, Any] = getattr(response, "context_data", {})
+        changelist = context.get("cl")
         if changelist is not None:
             self._link_schedules(changelist.result_list)
             capped = changelist.result_count > COUNT_CAP
-            response.context_data["title"] = f"Runs ({COUNT_CAP:,}+)" if capped else "Runs"
+            context["title"] = f"Runs ({COUNT_CAP:,}+)" if capped else "Runs"
         return response
 
     def _link_schedules(self, runs: Any) -> None:
@@ -187,7 +199,7 @@ class RunAdmin(ReadOnly, admin.ModelAdmin):
 
     @admin.display(description="scheduled for")
     def scheduled_for(self, run: Run) -> str:
-        value = run_context(run).get("scheduled_for")
+        value: Any = run_context(run).get("scheduled_for")  # any JSON value: what is not a string fails below
         try:
             return dt.datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
         except (TypeError, ValueError):

@@ -4,8 +4,9 @@ goes through `scheduler_app.services`, so beat's change log sees it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
@@ -28,15 +29,24 @@ from scheduler_app.models import ScheduleHealth, SchedulePolicy
 from scheduler_app.monitoring import alerts
 from scheduler_app.runs.policy import task_policy
 
+if TYPE_CHECKING:  # Django's classes take no type arguments at run time (no django_stubs_ext.monkeypatch)
+    PolicyFormSetBase = BaseInlineFormSet[SchedulePolicy, PeriodicTask, forms.ModelForm[SchedulePolicy]]
+    PolicyInlineBase = admin.StackedInline[SchedulePolicy, PeriodicTask]
+    ScheduleModelAdmin = admin.ModelAdmin[PeriodicTask]
+else:
+    PolicyFormSetBase = BaseInlineFormSet
+    PolicyInlineBase = admin.StackedInline
+    ScheduleModelAdmin = admin.ModelAdmin
 
-class PolicyFormSet(BaseInlineFormSet):
+
+class PolicyFormSet(PolicyFormSetBase):
     def _construct_form(self, i: int, **kwargs: Any) -> Any:
-        form = super()._construct_form(i, **kwargs)
+        form = super()._construct_form(i, **kwargs)  # type: ignore[misc]  # django-stubs omit this private method
         form.instance.task_for_checks = self.instance.task  # a new schedule's policy is checked against its task
         return form
 
 
-class PolicyInline(admin.StackedInline):
+class PolicyInline(PolicyInlineBase):
     model = SchedulePolicy
     formset = PolicyFormSet
     can_delete = False
@@ -130,7 +140,7 @@ class ScheduleChangeList(ChangeList):
             task.upcoming = schedules.shown_next_run(task, now)
 
 
-class ScheduleAdmin(admin.ModelAdmin):
+class ScheduleAdmin(ScheduleModelAdmin):
     class Media:
         css = {"all": ["beatkeeper/console.css"]}
 
@@ -257,9 +267,11 @@ class ScheduleAdmin(admin.ModelAdmin):
             "",
             "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
-                (display.run_url(run), run.task_id[:8], display.state_badge(run.status),
-                 display.trigger_of(run), run.date_created, display.seconds(selectors.duration(run.date_started,
-                                                                                              run.date_done)))
+                (display.run_url(run), run.task_id[:8], display.state_badge(run.status), display.trigger_of(run),
+                 run.date_created,
+                 display.seconds(selectors.duration(
+                     run.date_started,
+                     run.date_done)))
                 for run in runs
             ),
         )  # fmt: skip
@@ -360,7 +372,8 @@ class ScheduleAdmin(admin.ModelAdmin):
         """The next runs of the form's schedule as it stands (nothing is saved)."""
         if not (self.has_add_permission(request) or self.has_change_permission(request)):
             raise PermissionDenied
-        form = self.get_form(request)(request.GET)  # the page's own widgets (split date and time)
+        # get_form subclasses self.form, an AdminScheduleForm, for the page's own widgets (split date and time)
+        form = cast(AdminScheduleForm, self.get_form(request)(request.GET))
         form.is_valid()
         errors = {field: list(errors) for field, errors in form.errors.items() if field in SCHEDULE_FIELDS}
         if errors or form.schedule_row is None:

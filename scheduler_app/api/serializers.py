@@ -17,7 +17,7 @@ from rest_framework import serializers
 
 from scheduler_app import schedules, selectors, services
 from scheduler_app.forms import KINDS, ScheduleForm, initial_schedule
-from scheduler_app.models import POLICY_FIELDS, SchedulePolicy
+from scheduler_app.models import POLICY_FIELDS, Run, SchedulePolicy
 from scheduler_app.runs import history, states
 
 POLICY_API_FIELDS = (*POLICY_FIELDS, "late_after", "alert_after_failures", "pause_after_failures")
@@ -25,7 +25,7 @@ MESSAGE_FIELDS = ("queue", "priority", "expires", "expire_seconds", "start_time"
 FORM_NAMES = {"timezone": "cron_timezone"}  # API name -> form name
 
 
-class PolicySerializer(serializers.ModelSerializer):
+class PolicySerializer(serializers.ModelSerializer[SchedulePolicy]):
     owner = serializers.SlugRelatedField(
         slug_field="username", queryset=get_user_model().objects.all(), required=False, allow_null=True
     )
@@ -35,7 +35,7 @@ class PolicySerializer(serializers.ModelSerializer):
         fields = [*POLICY_API_FIELDS, "owner"]
 
 
-class ScheduleWriteSerializer(serializers.Serializer):
+class ScheduleWriteSerializer(serializers.Serializer[PeriodicTask]):
     """A schedule to create or change. `kind` picks which schedule fields apply."""
 
     name = serializers.CharField(max_length=200)
@@ -129,7 +129,7 @@ def save_policy(task: PeriodicTask, values: dict[str, Any] | None) -> None:
     policy.save()
 
 
-class ScheduleSerializer(serializers.ModelSerializer):
+class ScheduleSerializer(serializers.ModelSerializer[PeriodicTask]):
     """A schedule as read: its schedule in words and in fields, next run, policy, health."""
 
     schedule = serializers.SerializerMethodField()
@@ -219,21 +219,21 @@ def loads_or_text(text: str | None) -> Any:
         return text
 
 
-class PauseSerializer(serializers.Serializer):
+class PauseSerializer(serializers.Serializer[dict[str, Any]]):
     note = serializers.CharField(required=False, allow_blank=True, max_length=500)
 
 
-class RunNowSerializer(serializers.Serializer):
+class RunNowSerializer(serializers.Serializer[dict[str, Any]]):
     args = serializers.ListField(required=False, child=serializers.JSONField(), help_text="Replaces the schedule's.")
     kwargs = serializers.DictField(required=False, child=serializers.JSONField(), help_text="Replaces the schedule's.")
 
 
-class RunSerializer(serializers.ModelSerializer):
+class RunSerializer(serializers.ModelSerializer[Run]):  # the API shows Runs (TaskResult's proxy)
     """A recorded run, with the platform's context and its progress while it runs."""
 
     schedule = serializers.CharField(source="periodic_task_name", read_only=True)
     state = serializers.CharField(source="status", read_only=True)
-    context = serializers.SerializerMethodField()
+    context = serializers.SerializerMethodField()  # type: ignore[assignment]  # DRF's metaclass takes it off the class
     progress = serializers.SerializerMethodField()
     duration = serializers.SerializerMethodField()
     result = serializers.SerializerMethodField()
@@ -261,22 +261,22 @@ class RunSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     @extend_schema_field(OpenApiTypes.OBJECT)
-    def get_context(self, run: TaskResult) -> dict[str, Any]:
+    def get_context(self, run: Run) -> dict[str, Any]:
         return history.run_context(run)
 
     @extend_schema_field(OpenApiTypes.OBJECT)
-    def get_progress(self, run: TaskResult) -> dict[str, Any] | None:
+    def get_progress(self, run: Run) -> dict[str, Any] | None:
         data = loads_or_text(run.result)
         return data if run.status == states.PROGRESS and isinstance(data, dict) else None
 
     @extend_schema_field(OpenApiTypes.NUMBER)
-    def get_duration(self, run: TaskResult) -> float | None:
+    def get_duration(self, run: Run) -> float | None:
         return selectors.duration(run.date_started, run.date_done)
 
     @extend_schema_field(OpenApiTypes.ANY)
-    def get_result(self, run: TaskResult) -> Any:
+    def get_result(self, run: Run) -> Any:
         return loads_or_text(run.result)
 
 
-class RunCreatedSerializer(serializers.Serializer):
+class RunCreatedSerializer(serializers.Serializer[dict[str, Any]]):
     run = serializers.CharField(help_text="The new run's id (task_id).")

@@ -4,7 +4,7 @@ form's, writes are `scheduler_app.services`', and every write leaves an audit en
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from celery import current_app
 from django.db import transaction
@@ -75,7 +75,7 @@ def choice(request: Request, name: str, allowed: tuple[str, ...] | list[str]) ->
     return value
 
 
-class ScheduleViewSet(viewsets.ModelViewSet):
+class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
     """Schedules: list (filters: enabled, task, queue, health, search), create, read,
     update, delete; pause, resume, run now; the next runs."""
 
@@ -85,7 +85,7 @@ class ScheduleViewSet(viewsets.ModelViewSet):
     serializer_class = api.ScheduleSerializer
 
     def get_queryset(self) -> QuerySet[PeriodicTask]:
-        tasks = PeriodicTask.objects.select_related(
+        tasks: QuerySet[PeriodicTask] = PeriodicTask.objects.select_related(
             "interval", "crontab", "solar", "clocked", "policy__owner", "policy__paused_by", "health"
         ).order_by("name", "pk")
         params = self.request.query_params
@@ -100,7 +100,7 @@ class ScheduleViewSet(viewsets.ModelViewSet):
             tasks = tasks.filter(name__icontains=params["search"])
         return tasks
 
-    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+    def get_serializer_class(self) -> type[serializers.BaseSerializer[PeriodicTask]]:
         return (
             api.ScheduleWriteSerializer
             if self.action in ("create", "update", "partial_update")
@@ -133,12 +133,12 @@ class ScheduleViewSet(viewsets.ModelViewSet):
         return super().partial_update(request, *args, **kwargs)
 
     @transaction.atomic  # the write and its audit entry, together
-    def perform_create(self, serializer: api.ScheduleWriteSerializer) -> None:
+    def perform_create(self, serializer: serializers.BaseSerializer[PeriodicTask]) -> None:
         task = serializer.save()
         audit.record(self.request.user, "create", task, changes=snapshot(task))
 
     @transaction.atomic
-    def perform_update(self, serializer: api.ScheduleWriteSerializer) -> None:
+    def perform_update(self, serializer: serializers.BaseSerializer[PeriodicTask]) -> None:
         before = snapshot(serializer.instance)
         task = serializer.save()
         audit.record(self.request.user, "update", task, changes=audit.diff(before, snapshot(task)))
@@ -228,14 +228,14 @@ def snapshot(task: PeriodicTask) -> dict[str, Any]:
     data = dict(api.ScheduleSerializer(task).data)
     for volatile in ("next_run", "health", "date_changed", "last_run_at", "total_run_count"):
         data.pop(volatile, None)  # what changes by itself is not what the caller changed
-    return json_safe(data)
+    return cast(dict[str, Any], json_safe(data))  # a dict through JSON is a dict
 
 
 def json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, cls=JSONEncoder))
 
 
-class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Run]):
     """Runs, newest first: filters state, schedule, task, trigger, since; retry, revoke."""
 
     permission_classes = [StaffWithModelPermission]

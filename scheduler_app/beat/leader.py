@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.lock import Lock
@@ -190,6 +190,6 @@ def heartbeat(client: redis.Redis | None = None) -> dict[str, Any]:
         if now - facts["at"] <= HEARTBEAT_TTL:
             beats.append({**facts, "age": now - facts["at"]})
     beats.sort(key=lambda facts: facts["age"])
-    lease = client.get(LEASE_KEY)
+    lease = cast("bytes | None", client.get(LEASE_KEY))  # redis_client() and probe_client() do not decode
     leader = lease.decode().split(":", 1)[1] if lease else None
     return {"leader": leader, "beats": beats}

@@ -20,7 +20,7 @@ import datetime as dt
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 from zoneinfo import ZoneInfo
 
 from celery import current_app
@@ -31,11 +31,13 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 
 UTC = dt.UTC
 MAX_INTERVAL_SECONDS = 100 * 366 * 86400
-ScheduleRow = IntervalSchedule | CrontabSchedule | SolarSchedule | ClockedSchedule
+ScheduleRow: TypeAlias = IntervalSchedule | CrontabSchedule | SolarSchedule | ClockedSchedule
 
 
 class Timetable(Protocol):
-    zone: str
+    @property
+    def zone(self) -> str:
+        """The time zone its slots are shown in (read-only here: most timetables are frozen dataclasses)."""
 
     def slot_after(self, moment: dt.datetime) -> dt.datetime | None:
         """The first slot strictly after `moment` (None: no more slots)."""
@@ -123,7 +125,13 @@ class Solar:
 
     def slot_after(self, moment: dt.datetime) -> dt.datetime:
         now = timezone.now()
-        schedule = solar(self.event, self.latitude, self.longitude, app=current_app, nowfun=lambda: now)
+        schedule = solar(
+            self.event,  # type: ignore[arg-type]  # celery-types: solar() takes any str, ValueError if unknown
+            self.latitude,
+            self.longitude,
+            app=current_app,
+            nowfun=lambda: now,
+        )
         return now + schedule.remaining_estimate(moment)
 
     def slot_following(self, last: dt.datetime, now: dt.datetime) -> dt.datetime:

@@ -32,7 +32,7 @@ from celery import current_app
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
@@ -63,7 +63,7 @@ class TemporaryDeliveryError(Exception):
 
 
 # What `maintenance.send_alert` retries with backoff (and the platform's own transient errors).
-RETRY_FOR: tuple[type[BaseException], ...] = (TemporaryDeliveryError, *TRANSIENT_ERRORS)
+RETRY_FOR: tuple[type[Exception], ...] = (TemporaryDeliveryError, *TRANSIENT_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -155,12 +155,17 @@ def last_errors(tasks: list[PeriodicTask]) -> dict[str, dict[str, str]]:
     """Per schedule name, the newest failed run's id and error, in two queries for all."""
     if not tasks:
         return {}
-    newest = TaskResult.objects.filter(periodic_task_name=OuterRef("name"), status__in=states.FAILED_STATES)
+    newest: QuerySet[TaskResult, Any] = TaskResult.objects.filter(
+        periodic_task_name=OuterRef("name"), status__in=states.FAILED_STATES
+    )
     newest = newest.order_by("-date_created").values("pk")[:1]
     ids = PeriodicTask.objects.filter(pk__in=[t.pk for t in tasks]).annotate(run=Subquery(newest))
     rows = TaskResult.objects.filter(pk__in=[pk for pk in ids.values_list("run", flat=True) if pk])
     return {
-        row.periodic_task_name: {"run_id": row.task_id, "error": error_text(row.result, row.traceback)}
+        str(row.periodic_task_name): {  # matched by name, so never NULL
+            "run_id": row.task_id,
+            "error": error_text(row.result, row.traceback),
+        }
         for row in rows.only("periodic_task_name", "task_id", "result", "traceback")
     }
 
@@ -187,7 +192,7 @@ def queue_deliveries(incident: Incident, wanted: list[str]) -> None:
     that refuses is logged (robust): the pass and its incidents still stand."""
     for channel in wanted:
         transaction.on_commit(
-            lambda channel=channel: current_app.send_task(  # type: ignore[misc]
+            lambda channel=channel: current_app.send_task(  # type: ignore[misc]  # mypy cannot type a lambda default
                 SEND_TASK, args=[incident.pk, channel], retry_policy=services.SEND_RETRY
             ),
             robust=True,

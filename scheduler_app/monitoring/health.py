@@ -25,7 +25,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from celery import states as celery_states
 from django.db import IntegrityError, transaction
@@ -68,7 +68,7 @@ class Timetables(dict[tuple[str, int], slots.Timetable]):
 def policy_of(task: PeriodicTask) -> SchedulePolicy | None:
     """The schedule's policy row, read with the schedule (None: it has none)."""
     try:
-        return task.policy  # type: ignore[no-any-return]
+        return cast(SchedulePolicy, task.policy)  # PeriodicTask is untyped; the one-to-one gives a SchedulePolicy
     except SchedulePolicy.DoesNotExist:
         return None
 
@@ -206,7 +206,7 @@ def latest_activity(names: list[str]) -> dict[str, dt.datetime]:
         .annotate(started=Max("date_started"))
         .values_list("periodic_task_name", "started")
     )
-    return {name: started for name, started in rows if started}
+    return {name: started for name, started in rows if started and name is not None}  # never None: filtered by name
 
 
 def finished_since(tasks: list[PeriodicTask], known: dict[int, ScheduleHealth]) -> dict[str, list[str]]:
@@ -220,7 +220,7 @@ def finished_since(tasks: list[PeriodicTask], known: dict[int, ScheduleHealth]) 
         checked = {task.name: known[task.pk].checked_at for task in seen}
         runs = TaskResult.objects.filter(periodic_task_name__in=checked, date_done__gt=since)
         for name, status, done in runs.order_by("-date_done").values_list("periodic_task_name", "status", "date_done"):
-            if done > checked[name]:
+            if name is not None and done > checked[name]:  # name: never None (filtered by name)
                 found[name].append(status)
     for task in tasks:
         if task.pk not in known:

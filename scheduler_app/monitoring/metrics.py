@@ -107,7 +107,13 @@ def histogram(name: str, documentation: str, buckets: Iterable[float],
     family = GaugeHistogramMetricFamily(name, documentation, labels=["task"])
     for task, observed in sorted(values.items()):
         ordered = sorted(observed)
-        cumulative = [(floatToGoString(bound), float(bisect.bisect_right(ordered, bound))) for bound in bounds]
+        cumulative = [
+            (
+                floatToGoString(bound),  # type: ignore[no-untyped-call]  # prometheus_client: unannotated
+                float(bisect.bisect_right(ordered, bound)),
+            )
+            for bound in bounds
+        ]
         family.add_metric([task], [*cumulative, ("+Inf", float(len(observed)))], gsum_value=sum(observed))
     return family
 
@@ -122,7 +128,8 @@ def run_durations(now: dt.datetime) -> list[Metric]:
     )
     values: defaultdict[str, list[float]] = defaultdict(list)
     for task, started, done in rows:
-        values[task or ""].append(max(0.0, (done - started).total_seconds()))
+        if started is not None:  # always, by the filter
+            values[task or ""].append(max(0.0, (done - started).total_seconds()))
     doc = f"Durations of the runs finished in the last {minutes(HISTOGRAM_WINDOW)} minutes, by task."
     return [histogram("beatkeeper_run_duration_seconds", doc, DURATION_BUCKETS, values)]
 
@@ -139,7 +146,7 @@ def run_lateness(now: dt.datetime) -> list[Metric]:
     values: defaultdict[str, list[float]] = defaultdict(list)
     for task, started, meta in rows:
         slot = scheduled_for(meta)
-        if slot is not None:
+        if slot is not None and started is not None:  # started: never None (date_started__isnull=False)
             values[task or ""].append(max(0.0, (started - slot).total_seconds()))
     doc = f"Start minus scheduled slot of the beat runs created in the last {minutes(HISTOGRAM_WINDOW)} minutes."
     return [histogram("beatkeeper_run_lateness_seconds", doc, LATENESS_BUCKETS, values)]

@@ -42,7 +42,7 @@ def readyz(request: HttpRequest) -> HttpResponse:
     add_never_cache_headers(response)
     # Not an error of this request: a probe every few seconds would flood the error log
     # (django.request logs every 5xx) while, say, beat restarts. Metrics and alerts say it.
-    response._has_been_logged = True  # type: ignore[attr-defined]
+    response._has_been_logged = True  # type: ignore[attr-defined]  # django-stubs: private flag log_response reads
     return response
 
 

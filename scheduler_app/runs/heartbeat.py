@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery.signals import worker_ready, worker_shutdown
@@ -53,11 +53,13 @@ def refresh(client: redis.Redis, tags: list[str], key: str) -> int:
     if not tags:
         return 0
     now = time.time()
-    return int(client.zadd(key, dict.fromkeys(tags, now), xx=True, ch=True))
+    # Without incr=True, ZADD answers a count (the stub's union also covers incr's score or None).
+    return int(cast(int, client.zadd(key, dict.fromkeys(tags, now), xx=True, ch=True)))
 
 
 def interval() -> float:
-    return max(1.0, settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] / 4)
+    timeout: float = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    return max(1.0, timeout / 4)
 
 
 def _beat(key: str, timer: Any) -> None:

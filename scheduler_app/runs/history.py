@@ -9,6 +9,7 @@ redelivery of the same run reads the run's row once and carries the earlier atte
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -76,7 +77,7 @@ def record_revocation(sender: Any = None, request: Any = None, expired: bool = F
         return
     request.meta = context_of(header_of(request), request)
     if expired:
-        result = {"reason": "not started before it expired", "expires": str(request.expires)}
+        result: dict[str, Any] = {"reason": "not started before it expired", "expires": str(request.expires)}
         sender.backend.store_result(request.id, result, states.EXPIRED, request=request)
     else:
         result = {"reason": "revoked", "terminated": bool(terminated)}
@@ -102,11 +103,12 @@ def earlier_attempts(task_id: str) -> list[dict[str, Any]]:
         return []
     meta = run_context(row)
     earlier = list(meta.get("attempts", []))
+    started: dt.datetime | None = row.date_started
     earlier.append(
         {
             "attempt": meta.get("attempt", len(earlier) + 1),
             "state": "INTERRUPTED" if row.status in RUNNING else row.status,
-            "started": row.date_started.isoformat() if row.date_started else None,
+            "started": started.isoformat() if started else None,
             "ended": row.date_done.isoformat() if row.date_done else None,
             "worker": row.worker,
             "error": _error_of(row),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 from redis.lock import Lock
@@ -52,7 +53,7 @@ class OverlapLock:
         return True
 
     def holder(self) -> str | None:
-        value = self.client.get(lock_key(self.scope))
+        value = cast("bytes | None", self.client.get(lock_key(self.scope)))  # redis_client() does not decode
         return value.decode() if value else None
 
     def _renew(self) -> None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import numbers
 import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from celery import Task, current_task
 from celery import states as celery_states
@@ -32,21 +33,28 @@ from scheduler_app.runs import locks, states
 from scheduler_app.runs.history import HEADER
 from scheduler_app.runs.policy import RunPolicy
 
+if TYPE_CHECKING:
+    from celery.local import Proxy
+
 logger = logging.getLogger(__name__)
 WAIT_POLL_SECONDS = 2.0
 PROGRESS_MIN_INTERVAL = 0.5  # seconds between two progress writes of one run
 
 # Failures worth another attempt: the database or broker was briefly unavailable.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, ConnectionError, TimeoutError)
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (OperationalError, ConnectionError, TimeoutError)
 
 
 class ResultNotSerializable(TypeError):
     pass
 
 
-class PlatformTask(Task):  # type: ignore[misc]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task function's parameters and result
     policy: RunPolicy = RunPolicy()
-    retry_for: tuple[type[BaseException], ...] = TRANSIENT_ERRORS
+    retry_for: tuple[type[Exception], ...] = TRANSIENT_ERRORS
 
     def run_header(self) -> dict[str, Any]:
         header = getattr(self.request, HEADER, None) or (self.request.headers or {}).get(HEADER)
@@ -58,7 +66,7 @@ class PlatformTask(Task):  # type: ignore[misc]
     def lock_scope(self) -> str:
         return self.run_header().get("schedule") or getattr(self.request, "periodic_task_name", None) or self.name
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         if not self.request.id or self.request.is_eager:
             return super().__call__(*args, **kwargs)  # called directly or eagerly: just run it
         if getattr(self.request, "revoked_while_queued", False):
@@ -78,10 +86,11 @@ class PlatformTask(Task):  # type: ignore[misc]
         if policy.overlap == "allow":
             yield None
             return
-        lock = locks.OverlapLock(self.lock_scope(), self.request.id, policy.lock_ttl)
+        run_id = cast(str, self.request.id)  # set: __call__ applies the policy only to a run with an id
+        lock = locks.OverlapLock(self.lock_scope(), run_id, policy.lock_ttl)
         if not lock.acquire():
             self._not_now(policy, lock)
-        locks.leave_waiting_slot(lock.scope, self.request.id, lock.client)
+        locks.leave_waiting_slot(lock.scope, run_id, lock.client)
         try:
             yield lock
         except Retry as retry:  # ours or the task's own self.retry(): the same run comes back
@@ -94,7 +103,8 @@ class PlatformTask(Task):  # type: ignore[misc]
 
     def _not_now(self, policy: RunPolicy, lock: locks.OverlapLock) -> None:
         holder = lock.holder()
-        if policy.overlap == "wait" and locks.claim_waiting_slot(lock.scope, self.request.id, policy.lock_ttl * 2):
+        run_id = cast(str, self.request.id)  # set: only reached from _overlap_guard, for a run with an id
+        if policy.overlap == "wait" and locks.claim_waiting_slot(lock.scope, run_id, policy.lock_ttl * 2):
             self._mark(states.WAITING, {"reason": "waiting for the previous run to finish", "holder": holder})
             self._requeue(countdown=WAIT_POLL_SECONDS)
         else:
@@ -109,7 +119,7 @@ class PlatformTask(Task):  # type: ignore[misc]
         """Send this run again, as `retry` would (same id, headers, queue, priority)."""
         self.signature_from_request(self.request).apply_async(countdown=countdown)
 
-    def _retry_later(self, policy: RunPolicy, exc: BaseException) -> BaseException:
+    def _retry_later(self, policy: RunPolicy, exc: Exception) -> Exception:
         retries = self.request.retries
         if retries >= policy.max_retries:
             return exc
@@ -125,7 +135,7 @@ def backoff(policy: RunPolicy, retries: int) -> float:
     return random.uniform(delay / 2, delay) if policy.retry_jitter else delay  # noqa: S311
 
 
-def seconds_until(when: float | int | dt.datetime | None) -> float:
+def seconds_until(when: float | numbers.Real | dt.datetime | None) -> float:
     """A retry's delay: Celery's `Retry.when` is a countdown in seconds or an ETA."""
     if isinstance(when, dt.datetime):
         return max(0.0, (when - timezone.now()).total_seconds())
@@ -156,7 +166,9 @@ def report_progress(percent: float, message: str = "", *, force: bool = False) -
     Writes at most every PROGRESS_MIN_INTERVAL seconds per run (unless `force`), so a
     tight loop may call it freely. Returns whether it wrote. Outside a worker it does nothing.
     """
-    task = current_task._get_current_object()  # the proxy itself is never None
+    # celery-types declares current_task a Task; it is a Proxy of the current task, or of None.
+    proxy = cast("Proxy[Task[Any, Any] | None]", current_task)
+    task = proxy._get_current_object()  # the proxy itself is never None
     if task is None or not task.request.id or task.request.is_eager:
         return False
     now = time.monotonic()

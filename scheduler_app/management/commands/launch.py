@@ -4,7 +4,7 @@ import os
 import sys
 import time
 import urllib.request
-from typing import Any
+from typing import Any, TextIO, cast
 
 import redis
 from django.conf import settings
@@ -38,7 +38,8 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "2")))
 
     def handle(self, *args: Any, host: str, port: int, stop_timeout: float, concurrency: int, **options: Any) -> None:
-        supervisor = Supervisor(self.stdout, width=8)
+        # OutputWrapper writes and flushes, and hands every other attribute to the TextIO it wraps.
+        supervisor = Supervisor(cast(TextIO, self.stdout), width=8)
         supervisor.handle_signals()
         failed = None
         try:

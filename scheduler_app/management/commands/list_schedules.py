@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+from typing import Any, cast
 
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
@@ -38,7 +39,8 @@ class Command(BaseCommand):
         if not runs:
             self.stdout.write(f"    next run: none ({why_not(task) or 'no further slot'})")
             return
-        rows = slots.describe_offsets([run.at for run in runs], runs[0].zone)
+        times = cast(list[dt.datetime], [run.at for run in runs])  # next_runs gives each run its time
+        rows = slots.describe_offsets(times, runs[0].zone)
         label = "next run:" if count == 1 else "next runs:"
         for n, row in enumerate(rows):
             mark = "  (daylight saving change before this run)" if row["dst_change"] else ""

@@ -1,0 +1,149 @@
+"""What beat holds of each enabled schedule: a lean `Entry` read from one row.
+
+Columns are read with one `values_list` (policy fields joined in); arguments stay JSON
+text until the entry is sent, and timetables are shared per schedule row (`store`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
+from django.db.models.functions import Coalesce
+from django_celery_beat.models import PeriodicTask
+from kombu.utils.json import loads
+
+from scheduler_app.beat import slots
+from scheduler_app.models import POLICY_FIELDS
+from scheduler_app.runs.history import HEADER
+from scheduler_app.runs.policy import RunPolicy, task_policy
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger(__name__)
+ROW_FIELDS = (
+    "id", "name", "task", "args", "kwargs", "queue", "exchange", "routing_key", "priority",
+    "expire_seconds", "expires", "headers", "one_off", "start_time", "total_run_count",
+    "interval_id", "crontab_id", "solar_id", "clocked_id",
+    *(f"policy__{name}" for name in POLICY_FIELDS),
+    "anchor", "never_run",  # last_run_at, or date_changed for a schedule that never ran: one timestamp to parse
+)  # fmt: skip
+TableKey = tuple[str, int]  # ("interval" | "crontab" | "solar" | "clocked", the row's id)
+
+
+def rows(tasks: QuerySet[PeriodicTask]) -> QuerySet[Any, tuple[Any, ...]]:
+    anchor = Coalesce("last_run_at", "date_changed")
+    never_run = ExpressionWrapper(Q(last_run_at__isnull=True), output_field=BooleanField())
+    found: QuerySet[Any, tuple[Any, ...]] = tasks.annotate(anchor=anchor, never_run=never_run).values_list(*ROW_FIELDS)
+    return found
+
+
+class Policies(dict[str, RunPolicy]):
+    """Each task's own policy, looked up once per load."""
+
+    def __init__(self, app: Celery) -> None:
+        super().__init__()
+        self.app = app
+
+    def __missing__(self, task_name: str) -> RunPolicy:
+        self[task_name] = policy = task_policy(task_name, self.app)
+        return policy
+
+
+@dataclass(eq=False)
+class Entry:
+    """One enabled schedule, as beat holds it (the shape of Celery's ScheduleEntry, lean)."""
+
+    pk: int
+    name: str
+    task: str
+    table_key: TableKey
+    raw_args: str
+    raw_kwargs: str
+    options: dict[str, Any]
+    overrides: dict[str, Any]
+    policy: RunPolicy
+    one_off: bool
+    start_time: dt.datetime | None
+    expires: dt.datetime | None
+    last_run_at: dt.datetime | None
+    total_run_count: int
+    date_changed: dt.datetime
+    next_slot: dt.datetime | None = None
+    version: int = 0
+
+    @property
+    def args(self) -> list[Any]:
+        return list(loads(self.raw_args or "[]"))
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(loads(self.raw_kwargs or "{}"))
+
+    def header(self, slot: dt.datetime) -> dict[str, Any]:
+        return {"trigger": "beat", "schedule": self.name, "scheduled_for": slot.isoformat(), "policy": self.overrides}
+
+    def message_options(self, slot: dt.datetime) -> dict[str, Any]:
+        options = dict(self.options)
+        options["headers"] = {**options.get("headers", {}), HEADER: self.header(slot)}
+        return options
+
+
+@dataclass
+class Send:
+    """A due slot of an entry, decided and waiting to be claimed and sent."""
+
+    entry: Entry
+    slot: dt.datetime
+
+
+def entry_from_row(row: tuple[Any, ...], policies: Policies) -> Entry:
+    values = dict(zip(ROW_FIELDS, row, strict=True))
+    overrides = {name: values[f"policy__{name}"] for name in POLICY_FIELDS}
+    overrides = {name: value for name, value in overrides.items() if value not in (None, "")}
+    base = policies[values["task"]]
+    try:
+        policy = base.with_overrides(overrides) if overrides else base
+    except ValueError as exc:  # a bad row never stops beat: the task's own policy applies
+        logger.error("ignoring the policy of schedule %s: %s; fix it in the admin", values["name"], exc)
+        overrides, policy = {}, base
+    return Entry(
+        pk=values["id"],
+        name=values["name"],
+        task=values["task"],
+        table_key=table_key(values),
+        raw_args=values["args"],
+        raw_kwargs=values["kwargs"],
+        options=message_options(values, overrides, policy),
+        overrides=overrides,
+        policy=policy,
+        one_off=values["one_off"],
+        start_time=values["start_time"],
+        expires=values["expires"],
+        last_run_at=None if values["never_run"] else values["anchor"],
+        total_run_count=values["total_run_count"],
+        date_changed=values["anchor"],
+    )
+
+
+def table_key(values: dict[str, Any]) -> TableKey:
+    for kind in ("interval", "crontab", "solar", "clocked"):
+        if values[f"{kind}_id"] is not None:
+            return kind, values[f"{kind}_id"]
+    raise slots.InvalidSchedule(f"schedule {values['name']!r} has no interval, crontab, solar or clocked")
+
+
+def message_options(values: dict[str, Any], overrides: dict[str, Any], policy: RunPolicy) -> dict[str, Any]:
+    """What django-celery-beat's ModelEntry puts on the message, plus the policy's limits."""
+    options = {key: values[key] for key in ("queue", "exchange", "routing_key", "priority") if values[key] is not None}
+    if values["expires"] or values["expire_seconds"]:
+        options["expires"] = values["expires"] or values["expire_seconds"]
+    options["headers"] = {**json.loads(values["headers"] or "{}"), "periodic_task_name": values["name"]}
+    if "soft_time_limit" in overrides or "time_limit" in overrides:
+        options["soft_time_limit"], options["time_limit"] = policy.soft_time_limit, policy.time_limit
+    return options

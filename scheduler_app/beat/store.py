@@ -1,0 +1,127 @@
+"""The enabled schedules beat holds: entries, the timetables they share, and their loading.
+
+A full load reads every enabled row once; afterwards only the rows the change log names
+are reloaded (`reload_tasks`, `reload_tables`). One bad row never stops beat: it is logged
+and left out, and the others run.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from django_celery_beat.models import PeriodicTask
+
+from scheduler_app.beat import slots
+from scheduler_app.beat.due import DueHeap
+from scheduler_app.beat.entries import Entry, Policies, TableKey, entry_from_row, rows
+from scheduler_app.models import SHARED_SCHEDULES
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger(__name__)
+
+
+class EntryStore:
+    def __init__(self, heap: DueHeap) -> None:
+        self.heap = heap
+        self.entries: dict[int, Entry] = {}
+        self.tables: dict[TableKey, slots.Timetable] = {}
+        self.users: dict[TableKey, set[int]] = {}  # table key -> pks of the entries using it
+        self.policies: Policies  # set by load_all, before any entry is made
+
+    def load_all(self, app: Celery) -> None:
+        """Load every enabled schedule. A database error part-way keeps what was loaded
+        before, so nothing is half-loaded; the caller rebuilds the heap on success."""
+        before = (self.tables, self.entries, self.users)
+        self.tables, self.entries, self.users = {}, {}, {}
+        self.policies = Policies(app)
+        gc.disable()  # a load allocates many long-lived objects: collecting meanwhile finds nothing
+        try:
+            self.load_tables(SHARED_SCHEDULES.items())
+            for row in rows(PeriodicTask.objects.filter(enabled=True)).iterator(chunk_size=5000):
+                self.add(row)
+        except BaseException:
+            self.tables, self.entries, self.users = before
+            raise
+        finally:
+            gc.enable()
+        gc.freeze()  # and they stay: keep them out of later collections
+
+    def load_tables(self, kinds: Iterable[tuple[str, Any]], ids: Iterable[int] | None = None) -> None:
+        for kind, model in kinds:
+            found = model.objects.all() if ids is None else model.objects.filter(pk__in=list(ids))
+            for row in found:
+                try:
+                    self.tables[(kind, row.pk)] = slots.timetable(row)
+                except Exception as exc:  # noqa: BLE001  (one bad row never stops beat)
+                    logger.error("%s schedule %s is invalid and its schedules will not run: %s", kind, row.pk, exc)
+
+    def add(self, row: tuple[Any, ...]) -> Entry | None:
+        try:
+            entry = entry_from_row(row, self.policies)
+        except Exception as exc:  # noqa: BLE001  (one bad row never stops beat)
+            logger.error("schedule %r cannot run: %s; fix it in the admin", row[1], exc)
+            self.remove(row[0])  # its previous, valid version stops too: it no longer says what runs
+            return None
+        old = self.entries.get(entry.pk)
+        if old is not None:
+            self.forget(old)
+            if old.last_run_at and (entry.last_run_at is None or old.last_run_at > entry.last_run_at):
+                entry.last_run_at = old.last_run_at  # what we sent and not yet wrote
+        entry.version = self.heap.next_version()  # heap items of an older version are dropped when they surface
+        self.entries[entry.pk] = entry
+        self.users.setdefault(entry.table_key, set()).add(entry.pk)
+        try:
+            self.plan(entry)
+        except Exception as exc:  # noqa: BLE001  (one bad row never stops beat)
+            logger.error("schedule %r cannot run: %s; fix it in the admin", entry.name, exc)
+            self.remove(entry.pk)
+            return None
+        return entry
+
+    def forget(self, entry: Entry) -> None:
+        self.users.get(entry.table_key, set()).discard(entry.pk)
+
+    def remove(self, pk: int) -> None:
+        entry = self.entries.pop(pk, None)
+        if entry is not None:
+            self.forget(entry)
+
+    def plan(self, entry: Entry, push: bool = False) -> None:
+        """The entry's first slot from what it last ran (or its start time or creation)."""
+        table = self.tables.get(entry.table_key)
+        if table is None:
+            entry.next_slot = None
+            return
+        entry.next_slot = slots.first_slot(
+            table, last_run_at=entry.last_run_at, start_time=entry.start_time, created=entry.date_changed
+        )
+        if push:
+            self.heap.push(entry)
+
+    def reload_tables(self, keys: set[TableKey]) -> None:
+        for kind, pk in keys:
+            self.tables.pop((kind, pk), None)
+            self.load_tables([(kind, SHARED_SCHEDULES[kind])], [pk])
+            for user in list(self.users.get((kind, pk), ())):
+                entry = self.entries[user]
+                entry.version = self.heap.next_version()
+                self.plan(entry, push=True)
+
+    def reload_tasks(self, pks: set[int]) -> set[int]:
+        """Reload these schedules; those no longer enabled are dropped. Returns the pks
+        whose rows are gone from the database (their slot marks may go too)."""
+        found = set()
+        for row in rows(PeriodicTask.objects.filter(pk__in=pks, enabled=True)):
+            found.add(row[0])
+            entry = self.add(row)
+            if entry is not None:
+                self.heap.push(entry)
+        for pk in pks - found:
+            self.remove(pk)
+        logger.info("beat reloaded %d changed schedule(s)", len(pks))
+        return pks - set(PeriodicTask.objects.filter(pk__in=pks).values_list("pk", flat=True))

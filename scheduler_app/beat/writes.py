@@ -1,0 +1,83 @@
+"""What beat writes back to the database, in batches: the slot each schedule last sent
+(`last_run_at`) and its run count, and the schedules to disable (one-offs sent, expired).
+
+A flush writes everything pending with one UPDATE per 500 rows; a flush that fails keeps
+it for the next one, merged with whatever was sent meanwhile.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import redis
+from django.db import DatabaseError, InterfaceError
+from django.db.models import F
+from django_celery_beat.models import PeriodicTask
+
+from scheduler_app.beat import leader
+from scheduler_app.models import ScheduleChange
+
+
+class PendingWrites:
+    def __init__(self, ledger: leader.SlotLedger) -> None:
+        self.ledger = ledger
+        self.slots: dict[int, tuple[dt.datetime, int]] = {}  # pk -> (last_run_at, runs to add)
+        self.disable: set[int] = set()
+        self.unmark: set[int] = set()  # clocked one-offs whose mark goes once they are disabled
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def sent(self, pk: int, slot: dt.datetime, ran: bool) -> None:
+        """`slot` was decided for `pk`; `ran` whether this beat's claim was granted."""
+        self.slots[pk] = (slot, self.slots.get(pk, (slot, 0))[1] + ran)
+
+    def learned(self, pk: int, mark: dt.datetime) -> None:
+        """A slot another leader sent (its mark) that the database may not know yet."""
+        self.slots.setdefault(pk, (mark, 0))
+
+    def one_off_done(self, pk: int, slot: dt.datetime, clocked: bool) -> None:
+        """A one-off schedule is disabled once sent (django-celery-beat's rule), with its
+        run count reset so that enabling it again runs it once more."""
+        self.disable.add(pk)
+        self.slots[pk] = (slot, 0)
+        if clocked:  # its one slot is sent again if it is enabled again
+            self.unmark.add(pk)
+
+    def flush(self) -> None:
+        """Write the slots sent since the last flush: `last_run_at` and the run count."""
+        if not (self.slots or self.disable):
+            return
+        dirty, self.slots = self.slots, {}
+        disable, self.disable = self.disable, set()
+        try:
+            write(dirty, disable)
+        except (DatabaseError, InterfaceError):
+            for pk, (slot, runs) in dirty.items():  # keep them for the next flush
+                newer, more = self.slots.get(pk, (slot, 0))
+                self.slots[pk] = (max(slot, newer), runs + more)
+            self.disable |= disable
+            raise
+        self._forget_marks()
+
+    def _forget_marks(self) -> None:
+        """Once the database says a clocked one-off is disabled, its mark may go."""
+        done = set(self.unmark)
+        if not done:
+            return
+        try:
+            self.ledger.forget(done)
+        except redis.RedisError:
+            return  # next flush
+        self.unmark -= done
+
+
+def write(dirty: dict[int, tuple[dt.datetime, int]], disable: set[int]) -> None:
+    rows = [
+        PeriodicTask(pk=pk, last_run_at=slot, total_run_count=F("total_run_count") + runs)
+        for pk, (slot, runs) in dirty.items()
+    ]
+    PeriodicTask.objects.bulk_update(rows, ["last_run_at", "total_run_count"], batch_size=500)
+    if disable:
+        PeriodicTask.objects.filter(pk__in=disable).update(enabled=False, total_run_count=0)
+        ScheduleChange.objects.bulk_create(ScheduleChange(kind=ScheduleChange.BEAT, object_id=pk) for pk in disable)
