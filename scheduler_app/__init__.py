@@ -1,1 +1,2 @@
-"""The platform: catalog, seeding, schedules, run history, launcher, admin console."""
+"""The platform: beat/ (scheduling), runs/ (the worker side), monitoring/, local/ (`make run`
+only), the three doors (admin/, api/, management/) and what they share at this level."""

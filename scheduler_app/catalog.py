@@ -3,6 +3,9 @@
 A task declares itself with `@platform_task(...)`; the declaration registers a Celery
 task with the policy (retries with backoff, time limits) and a `TaskDefinition` that
 `seed_default_tasks` turns into a django-celery-beat schedule.
+
+This is the module a task author imports from: `platform_task`, `Every`, `Cron`, and, from
+the worker side, `PlatformTask` (for `@shared_task(base=PlatformTask)`) and `report_progress`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ from typing import Any, ParamSpec, TypeVar
 from celery import shared_task
 
 from scheduler_app.runs.policy import RunPolicy
-from scheduler_app.runs.runtime import TRANSIENT_ERRORS, PlatformTask
+from scheduler_app.runs.runtime import TRANSIENT_ERRORS, PlatformTask, report_progress
+
+__all__ = [
+    "Cron", "Every", "PlatformTask", "TaskDefinition", "definitions", "platform_task", "register", "report_progress",
+]  # fmt: skip
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")

@@ -3,7 +3,7 @@ validation, the HTTPS redirect, sessions and CSRF, so a probe or a Prometheus sc
 calls a pod by its IP address over plain HTTP gets an answer, not a 400 or a 301.
 
 None of them builds a URL from the Host header (what host validation protects); `/metrics`
-has its own access control (scheduler_app/health_views.py)."""
+has its own access control (scheduler_app/monitoring/views.py)."""
 
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ class ScheduleChange(models.Model):
 
     One row per saved or deleted schedule, policy or shared schedule object (written by
     `scheduler_app.beat.changes`); beat reads the rows after the last one it saw. Rows are kept
-    for an hour (`beat.CHANGE_LOG_RETENTION`) and then pruned by the leading beat."""
+    for an hour (`beat.change_reader.CHANGE_LOG_RETENTION`) and then pruned by the leading beat."""
 
     TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED = "task", "interval", "crontab", "solar", "clocked"
     BEAT = "beat"  # a schedule beat itself disabled (one-off sent, expired)

@@ -13,17 +13,17 @@ import os
 import re
 import shutil
 import weakref
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from django.conf import settings
 from django.test import Client
-from playwright.sync_api import Browser, BrowserContext, Error, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Error, Page, ViewportSize, expect, sync_playwright
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -38,7 +38,7 @@ LAUNCH_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1400, "height": 900}
+VIEWPORT: ViewportSize = {"width": 1400, "height": 900}
 BROWSER_FIXTURES = {"browser", "page"}
 
 _CALL_REPORT = pytest.StashKey[pytest.TestReport]()
@@ -75,7 +75,7 @@ def _require_chromium() -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Keep the call phase's report, so the `page` fixture knows to take a failure screenshot."""
     report = yield
     if report.when == "call":
@@ -163,7 +163,7 @@ def login(page: Page, base_url: str, username: str, password: str) -> None:
         page.locator('#login-form [type="submit"]').click()
 
 
-def force_login(page: Page, base_url: str, user: AbstractBaseUser) -> None:
+def force_login(page: Page, base_url: str, user: User) -> None:
     """Give the page's context a logged-in session for `user` without the login form.
 
     For users the admin's form refuses (not staff), and for tests about other pages than login.

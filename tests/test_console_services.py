@@ -127,11 +127,13 @@ def test_it_pauses_with_who_when_and_note_and_resumes(operator: User) -> None:
     policy = SchedulePolicy.objects.get(periodic_task=task)
     assert task.enabled is False
     assert (policy.paused_by, policy.pause_note) == (operator, "vendor API down until Monday")
-    assert timezone.now() - policy.paused_at < dt.timedelta(seconds=5)
+    paused_at = policy.paused_at
+    assert paused_at is not None
+    assert timezone.now() - paused_at < dt.timedelta(seconds=5)
     assert ScheduleChange.objects.count() > before  # beat sees it through the change log
 
     services.resume(task, by=operator)
-    task.refresh_from_db()
+    task = PeriodicTask.objects.get(pk=task.pk)  # re-read (mypy keeps narrowing `enabled` across refresh_from_db())
     policy.refresh_from_db()
     assert task.enabled is True and policy.paused_at is None and policy.pause_note == ""
 

@@ -87,7 +87,8 @@ def _logical_lines(text: str) -> list[str]:
 
 
 def _compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    compose: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))  # a mapping at the top
+    return compose
 
 
 def _kubernetes_documents() -> list[dict[str, Any]]:

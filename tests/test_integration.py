@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -48,10 +49,11 @@ def test_it_runs_every_catalog_task_on_a_real_worker(tmp_path: Path) -> None:
     with worker(tmp_path):
         sent = {d.task: current_app.send_task(d.task, kwargs=dict(d.kwargs)).id for d in catalog.definitions()}
         for name, task_id in sent.items():
-            row = wait_for(lambda task_id=task_id: finished(task_id=task_id), 60, f"a run of {name}")
+            row = wait_for(partial(finished, task_id=task_id), 60, f"a run of {name}")
             assert row.status == "SUCCESS", f"{name}: {row.traceback}"
             assert row.task_name == name
     health = TaskResult.objects.get(task_id=sent["maintenance.system_health_check"])
+    assert health.result is not None
     result = json.loads(health.result)
     assert result["checks"]["broker"]["reachable"] is True
     assert result["checks"]["workers"]["count"] >= 1  # the worker answered while running the check

@@ -129,7 +129,7 @@ CELERY_BROKER_URL = env.broker_url(REDIS_URL)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     # A message held by a worker that died is delivered again after this many seconds.
-    # Live workers refresh the messages they hold (scheduler_app/heartbeat.py), so a long
+    # Live workers refresh the messages they hold (scheduler_app/runs/heartbeat.py), so a long
     # run or a far ETA is never delivered twice, whatever this value.
     "visibility_timeout": env.integer("CELERY_VISIBILITY_TIMEOUT", 300, minimum=5),
     # Look for such messages every 10 s (kombu's default throttle makes it every 100 s),
@@ -161,7 +161,7 @@ CELERY_BEAT_SCHEDULER = "scheduler_app.beat:Scheduler"
 # A slot found due later than this (beat was down) follows the schedule's catch-up policy.
 BEAT_CATCH_UP_GRACE_SECONDS = env.number("BEAT_CATCH_UP_GRACE_SECONDS", 60, minimum=1)
 # Beats share a leader lease: a follower takes over within this many seconds of the
-# leader's death or hang (scheduler_app/leader.py).
+# leader's death or hang (scheduler_app/beat/leader.py).
 BEAT_LEASE_SECONDS = env.number("BEAT_LEASE_SECONDS", 10, minimum=2)
 # How often beat renews the lease, reads the change log and writes last_run_at.
 BEAT_CHECK_SECONDS = env.number("BEAT_CHECK_SECONDS", 1, minimum=0.1)
@@ -170,7 +170,7 @@ BEAT_CHECK_SECONDS = env.number("BEAT_CHECK_SECONDS", 1, minimum=0.1)
 CELERY_RESULT_EXPIRES = None
 DJANGO_CELERY_BEAT_TZ_AWARE = True
 
-# --- Alerts (scheduler_app/alerts.py) --------------------------------------------------
+# --- Alerts (scheduler_app/monitoring/alerts.py) ---------------------------------------
 # Late, failing and recovered schedules are sent to these channels; none set: no alerts.
 ALERT_EMAILS = env.emails("ALERT_EMAILS")
 ALERT_WEBHOOK_URL = env.http_url("ALERT_WEBHOOK_URL")
@@ -199,7 +199,7 @@ HEALTH_THRESHOLDS = {
 STARTUP_HEALTH_CHECK = env.boolean("STARTUP_HEALTH_CHECK", True)
 HEALTH_DISK_PATH = env.string("HEALTH_DISK_PATH") or str(VAR_DIR.parent)
 
-# --- Probes and metrics (scheduler_app/readiness.py, scheduler_app/metrics.py) ------------
+# --- Probes and metrics (scheduler_app/monitoring/readiness.py, .../metrics.py) -----------
 # /readyz fails when no beat ticked within this many seconds (or none leads).
 READYZ_BEAT_MAX_AGE = env.number("READYZ_BEAT_MAX_AGE", 30, minimum=1)
 # /metrics: a bearer token, a list of client networks, or both. With neither, /metrics

@@ -191,6 +191,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
             gone = self.store.reload_tasks(tasks)
             if gone and self.lease.is_leader:
                 self.ledger.forget(gone)
+            logger.info("beat reloaded %d changed schedule(s)", len(tasks))
         self.changes.track_gaps([row[0] for row in rows])
         edits = [at for _, kind, _, at in rows if kind != ScheduleChange.BEAT]  # beat's own rows explain no bump
         if self.changes.bulk_update_seen(bumped, edits):

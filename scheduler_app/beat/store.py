@@ -123,5 +123,4 @@ class EntryStore:
                 self.heap.push(entry)
         for pk in pks - found:
             self.remove(pk)
-        logger.info("beat reloaded %d changed schedule(s)", len(pks))
         return pks - set(PeriodicTask.objects.filter(pk__in=pks).values_list("pk", flat=True))

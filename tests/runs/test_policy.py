@@ -22,7 +22,7 @@ from scheduler_app.runs.runtime import ResultNotSerializable, backoff, ensure_se
 )
 def test_it_refuses_a_policy_that_cannot_work(fields: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        RunPolicy(**fields)  # type: ignore[arg-type]
+        RunPolicy(**fields)  # type: ignore[arg-type]  # invalid on purpose: values RunPolicy's types rule out
 
 
 def test_it_overrides_only_what_a_schedule_sets() -> None:

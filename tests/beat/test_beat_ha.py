@@ -1,5 +1,5 @@
 """Several beats, failover, edits and restarts with real `celery beat` processes, real Redis
-and real signals (in-process scheduler tests: tests/test_beat.py).
+and real signals (in-process scheduler tests: tests/beat/test_beat.py).
 
 What beat sent is read straight from the broker: no worker runs, so every message beat
 published stays on the queue lists (`celery*`), and its `beatkeeper` header says which
@@ -20,6 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
@@ -140,7 +141,7 @@ def leading(beats: list[Process]) -> Process:
     """The beat that holds the lease now (its log names the node the lease key names)."""
 
     def holder() -> Process | None:
-        value = broker().get(leader.LEASE_KEY)
+        value = cast("bytes | None", broker().get(leader.LEASE_KEY))  # broker() does not decode
         if value is None:
             return None
         node = value.decode().split(":", 1)[1]
@@ -171,7 +172,7 @@ def test_it_sends_each_slot_once_with_several_beats_running(tmp_path: Path, coun
         task = schedule("every second", interval(1))  # created with every beat running: all read it
         found = wait_for(lambda: slots_after("every second", task.date_changed, 8), 20, "8 slots")
 
-        def everyone_beats() -> dict | None:
+        def everyone_beats() -> dict[str, Any] | None:
             facts = leader.heartbeat()
             return facts if len(facts["beats"]) == count else None
 

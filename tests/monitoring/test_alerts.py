@@ -16,7 +16,7 @@ from email import policy as email_policy
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import time_machine
@@ -65,7 +65,7 @@ class Inbox:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.messages.append(email.message_from_bytes(envelope.content, policy=email_policy.default))  # type: ignore[arg-type]
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email_policy.default))
         return "250 Message accepted"
 
     def subjects(self) -> list[str]:
@@ -94,9 +94,13 @@ class Hook:
         return [json.loads(call["body"]) for call in self.calls]
 
 
+class HookServer(ThreadingHTTPServer):
+    hook: Hook
+
+
 class HookHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
-        hook: Hook = self.server.hook  # type: ignore[attr-defined]
+        hook = cast(HookServer, self.server).hook  # the `hook` fixture serves this handler from a HookServer
         content = self.rfile.read(int(self.headers["Content-Length"]))
         status = hook.answers.pop(0) if hook.answers else 200
         hook.calls.append({"path": self.path, "headers": dict(self.headers), "body": content, "status": status})
@@ -110,11 +114,11 @@ class HookHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hook() -> Iterator[Hook]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), HookHandler)
-    server.hook = Hook(f"http://127.0.0.1:{server.server_address[1]}/hooks/beatkeeper")  # type: ignore[attr-defined]
+    server = HookServer(("127.0.0.1", 0), HookHandler)
+    server.hook = Hook(f"http://127.0.0.1:{server.server_address[1]}/hooks/beatkeeper")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server.hook  # type: ignore[attr-defined]
+    yield server.hook
     server.shutdown()
     server.server_close()
 
@@ -246,7 +250,7 @@ def test_it_auto_pauses_after_the_schedules_number_of_failures_once() -> None:
         services.resume(task, by=None)  # the operator fixed it: old failures do not pause it again
         clock.move_to(START + 7 * MINUTE)
         monitoring.check_schedules()
-        task.refresh_from_db()
+        task = PeriodicTask.objects.get(pk=task.pk)  # re-read (mypy keeps narrowing `enabled` across refresh_from_db())
         assert task.enabled is True
         assert kinds(task) == ["failing", "failing"]
         assert ScheduleHealth.objects.get(pk=task.pk).state == "ok"

@@ -1,6 +1,6 @@
 """The beat scheduler in-process, against the real database and the real Redis: every due
 schedule in one tick, the change log, batched writes, the lease and the slot marks,
-one-off, expiry, catch-up. Real beat processes: tests/test_beat_ha.py."""
+one-off, expiry, catch-up. Real beat processes: tests/beat/test_beat_ha.py."""
 
 from __future__ import annotations
 
@@ -157,7 +157,9 @@ def test_it_follows_an_edit_of_a_shared_crontab() -> None:
     cron.save()
     beat.housekeeping()
     for task in users:
-        assert beat.store.entries[task.pk].next_slot.astimezone(cron.timezone).hour == 5  # type: ignore[union-attr]
+        next_slot = beat.store.entries[task.pk].next_slot
+        assert next_slot is not None
+        assert next_slot.astimezone(cron.timezone).hour == 5
     beat.close()
 
 
@@ -244,8 +246,9 @@ def test_it_follows_the_catch_up_policy_for_a_missed_slot(
     beat = started()
     assert len(sent) == int(sends)
     entry = beat.schedule["hourly"]
-    assert entry.next_slot > timezone.now()  # type: ignore[operator]
-    assert (entry.next_slot - task.last_run_at).total_seconds() % 3600 == 0  # type: ignore[operator]  in phase
+    assert entry.next_slot is not None
+    assert entry.next_slot > timezone.now()
+    assert (entry.next_slot - task.last_run_at).total_seconds() % 3600 == 0  # in phase
     beat.close()
 
 
@@ -267,7 +270,9 @@ def test_a_long_outage_never_ends_in_a_burst(sent: list[dict[str, Any]], catch_u
     for _ in range(3):
         beat.tick()
     assert len(sent) == sends
-    assert beat.schedule["every second"].next_slot > timezone.now() - dt.timedelta(seconds=1)  # type: ignore[operator]
+    next_slot = beat.schedule["every second"].next_slot
+    assert next_slot is not None
+    assert next_slot > timezone.now() - dt.timedelta(seconds=1)
     beat.close()
 
 
@@ -306,7 +311,8 @@ def test_a_leader_that_lost_its_lease_sends_nothing(sent: list[dict[str, Any]]) 
     stale = started()
     redis_client().delete(leader.LEASE_KEY)  # paused past its lease...
     heir = started()  # ...and another beat took over
-    assert heir.lease.token > stale.lease.token  # type: ignore[operator]
+    assert heir.lease.token is not None and stale.lease.token is not None
+    assert heir.lease.token > stale.lease.token
     stale._next_housekeeping = float("inf")  # it has not noticed yet
     stale.store.entries[next(iter(stale.store.entries))].next_slot = timezone.now()
     stale.due.rebuild(stale.store.entries.values())
@@ -374,7 +380,9 @@ def test_catch_up_once_sends_one_run_that_a_restart_does_not_repeat(sent: list[d
     second = started()
     assert len(sent) == 1
     assert sent[0]["scheduled_for"] == (task.last_run_at + dt.timedelta(hours=3)).isoformat()  # the latest
-    assert second.schedule["hourly once"].next_slot > timezone.now()  # type: ignore[operator]
+    next_slot = second.schedule["hourly once"].next_slot
+    assert next_slot is not None
+    assert next_slot > timezone.now()
     second.close()
 
 

@@ -20,8 +20,8 @@ def local_runs(expression: str, zone: str, after: dt.datetime, count: int) -> li
     return [slot.astimezone(tz).isoformat() for slot in slots.upcoming(table, after.astimezone(UTC), count)]
 
 
-def at(zone: str, *fields: int) -> dt.datetime:
-    return dt.datetime(*fields, tzinfo=ZoneInfo(zone))  # type: ignore[misc]
+def at(zone: str, year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, tzinfo=ZoneInfo(zone))
 
 
 def test_it_runs_a_slot_in_the_skipped_hour_once_at_the_transition() -> None:

@@ -1,11 +1,12 @@
 """Beat's side of the policy with real processes: catch-up after an outage, and a Redis
-restart under a live worker and beat (in-process scheduler tests: tests/test_beat.py)."""
+restart under a live worker and beat (in-process scheduler tests: tests/beat/test_beat.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict, cast
 
 import pytest
 from django.utils import timezone
@@ -20,6 +21,12 @@ from tests.processes import beat, wait_for, worker
 NOON = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 
 
+class OwnRedis(TypedDict):
+    """The environment of processes on the test's own Redis (a TypedDict: `**` of it fills no `concurrency`)."""
+
+    REDIS_URL: str
+
+
 def schedule(name: str, seconds: int, *, catch_up: str = "", last_run_at: dt.datetime | None = None) -> PeriodicTask:
     interval, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
     task = PeriodicTask.objects.create(
@@ -31,6 +38,10 @@ def schedule(name: str, seconds: int, *, catch_up: str = "", last_run_at: dt.dat
 
 def runs_of(name: str) -> list[TaskResult]:
     return list(TaskResult.objects.filter(periodic_task_name=name, status="SUCCESS").order_by("date_started"))
+
+
+def date_started(run: TaskResult) -> dt.datetime:
+    return cast(dt.datetime, run.date_started)  # a SUCCESS run has one: CELERY_TASK_TRACK_STARTED
 
 
 # --- real beat processes ------------------------------------------------------------------
@@ -47,6 +58,7 @@ def test_it_runs_a_missed_slot_once_on_restart_under_catch_up_once(tmp_path: Pat
     assert context["trigger"] == "beat"
     # one run for the 120 missed slots, standing as the latest of them (so a restart does not repeat it)
     scheduled_for = dt.datetime.fromisoformat(context["scheduled_for"])
+    assert run.date_started is not None
     assert started - dt.timedelta(seconds=31) < scheduled_for <= run.date_started
 
 
@@ -76,7 +88,7 @@ def own_redis() -> Iterator[Path]:
 
 @pytest.mark.django_db(transaction=True)
 def test_it_resumes_after_a_redis_restart_without_duplicating_a_slot(tmp_path: Path, own_redis: Path) -> None:
-    env = {"REDIS_URL": f"unix://{own_redis}"}
+    env: OwnRedis = {"REDIS_URL": f"unix://{own_redis}"}
     server = embedded_redis.server(own_redis)
     server.start()
     schedule("every second", 1)
@@ -88,7 +100,7 @@ def test_it_resumes_after_a_redis_restart_without_duplicating_a_slot(tmp_path: P
             server = embedded_redis.server(own_redis)
             server.start()
             wait_for(
-                lambda: len([r for r in runs_of("every second") if r.date_started > restarted_at]) >= 2,
+                lambda: len([r for r in runs_of("every second") if date_started(r) > restarted_at]) >= 2,
                 90,
                 "runs after the restart",
             )

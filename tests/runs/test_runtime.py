@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import pytest
 from celery import current_app
@@ -23,6 +23,12 @@ from tests.processes import Process, wait_for, worker
 pytestmark = pytest.mark.django_db(transaction=True)
 TASKS = ("--include", "tests.tasks")
 FINAL = ("SUCCESS", "FAILURE", "SKIPPED", "EXPIRED")
+
+
+class FastRedelivery(TypedDict):
+    """A worker's environment for quick redelivery (a TypedDict: `**` of it fills no `concurrency`)."""
+
+    CELERY_VISIBILITY_TIMEOUT: str
 
 
 def send(task: str, key: str, *, policy: dict[str, Any] | None = None, **options: Any) -> str:
@@ -43,8 +49,10 @@ def final(task_id: str, timeout: float = 60) -> TaskResult:
 def running(task_id: str, percent: float = 0, timeout: float = 60) -> TaskResult:
     def progressed() -> TaskResult | None:
         r = row(task_id)
-        if r and r.status == "PROGRESS" and json.loads(r.result)["percent"] >= percent:
-            return r
+        if r and r.status == "PROGRESS":
+            assert r.result is not None  # the progress update_state stored
+            if json.loads(r.result)["percent"] >= percent:
+                return r
         return None
 
     return wait_for(progressed, timeout, f"run {task_id} to pass {percent}%")
@@ -72,6 +80,7 @@ def test_it_skips_a_run_while_the_previous_one_holds_the_lock(tmp_path: Path, ke
         second = send("tests.sleeper", key)
         skipped = final(second)
         assert skipped.status == "SKIPPED"
+        assert skipped.result is not None
         assert json.loads(skipped.result)["reason"] == "the previous run still holds the lock"
         assert json.loads(skipped.result)["holder"] == first
         assert final(first).status == "SUCCESS"
@@ -88,9 +97,12 @@ def test_it_queues_at_most_one_run_behind_the_running_one(tmp_path: Path, key: s
         wait_for(lambda: (r := row(second)) and r.status == "WAITING", 30, "the second run to wait")
         third = send("tests.sleeper", key, policy=wait)
         assert final(third).status == "SKIPPED"
-        assert json.loads(row(third).result)["reason"] == "a run already waits"
+        third_row = row(third)
+        assert third_row is not None and third_row.result is not None
+        assert json.loads(third_row.result)["reason"] == "a run already waits"
         done_first, done_second = final(first), final(second)
     assert (done_first.status, done_second.status) == ("SUCCESS", "SUCCESS")
+    assert done_second.date_started is not None
     assert done_second.date_started >= done_first.date_done
     assert runs(key) == 2
 
@@ -120,7 +132,7 @@ def test_it_retries_with_backoff_and_keeps_the_runs_identity(tmp_path: Path, key
     with worker(tmp_path, *TASKS):
         task_id = send("tests.flaky", key, kwargs={"failures": 2})
         done = final(task_id)
-    assert done.status == "SUCCESS" and json.loads(done.result) == {"attempts": 3}
+    assert done.status == "SUCCESS" and done.result is not None and json.loads(done.result) == {"attempts": 3}
     context = run_context(done)
     assert context["attempt"] == 3
     assert [a["state"] for a in context["attempts"]] == ["RETRY", "RETRY"]
@@ -128,6 +140,7 @@ def test_it_retries_with_backoff_and_keeps_the_runs_identity(tmp_path: Path, key
         "ConnectionError: attempt 1 failed",
         "ConnectionError: attempt 2 failed",
     ]
+    assert done.date_started is not None
     starts = [dt.datetime.fromisoformat(a["started"]) for a in context["attempts"]] + [done.date_started]
     gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
     assert gaps[0] >= 0.5 and gaps[1] >= 1.0  # 0.5 s, then doubled
@@ -149,6 +162,7 @@ def test_it_gives_up_after_max_retries_with_the_last_error(tmp_path: Path, key: 
     with worker(tmp_path, *TASKS):
         done = final(send("tests.flaky", key, policy={"max_retries": 1, "retry_backoff": 0.1}, kwargs={"failures": 5}))
     assert done.status == "FAILURE"
+    assert done.traceback is not None
     assert "attempt 2 failed" in done.traceback
     assert runs(key) == 2
 
@@ -157,6 +171,7 @@ def test_it_stops_a_run_at_its_soft_time_limit_so_it_can_tidy_up(tmp_path: Path,
     with worker(tmp_path, *TASKS):
         done = final(send("tests.soft_limited", key))
     assert done.status == "FAILURE"
+    assert done.traceback is not None
     assert "SoftTimeLimitExceeded" in done.traceback
     assert redis_client().get(f"{key}:tidied") == b"yes"
     assert redis_client().get(locks.lock_key(key)) is None
@@ -166,6 +181,7 @@ def test_it_kills_a_run_at_its_hard_time_limit_and_the_worker_goes_on(tmp_path: 
     with worker(tmp_path, *TASKS):
         done = final(send("tests.hard_limited", key))
         assert done.status == "FAILURE"
+        assert done.result is not None
         assert "TimeLimitExceeded" in done.result
         assert final(send("tests.sleeper", key, kwargs={"seconds": 0.1})).status == "SUCCESS"
     assert runs(key) == 2  # the killed run was not redelivered
@@ -181,6 +197,7 @@ def test_it_records_a_failing_run_releases_its_lock_and_keeps_the_worker(
     with worker(tmp_path, *TASKS):
         done = final(send(task, key))
         assert done.status == "FAILURE"
+        assert done.traceback is not None
         assert error in done.traceback
         assert redis_client().get(locks.lock_key(key)) is None
         assert final(send("tests.sleeper", key, kwargs={"seconds": 0.1})).status == "SUCCESS"
@@ -190,9 +207,11 @@ def test_it_shows_progress_to_another_process_while_the_run_goes_on(tmp_path: Pa
     with worker(tmp_path, *TASKS):
         task_id = send("tests.sleeper", key, kwargs={"seconds": 3})
         seen = running(task_id, percent=30)
+        assert seen.result is not None
         progress = json.loads(seen.result)
         assert progress["message"].startswith("step ") and 30 <= progress["percent"] < 100
-        assert AsyncResult(task_id).state == "PROGRESS"
+        state: str = AsyncResult(task_id).state  # a custom one here, which celery-types' Literal lacks
+        assert state == "PROGRESS"
         assert final(task_id).status == "SUCCESS"
 
 
@@ -200,7 +219,7 @@ def test_it_shows_progress_to_another_process_while_the_run_goes_on(tmp_path: Pa
 
 
 def test_it_redelivers_the_run_of_a_sigkilled_worker_and_shows_both_attempts(tmp_path: Path, key: str) -> None:
-    fast = {"CELERY_VISIBILITY_TIMEOUT": "5"}
+    fast: FastRedelivery = {"CELERY_VISIBILITY_TIMEOUT": "5"}
     with worker(tmp_path, *TASKS, **fast) as doomed:
         task_id = send("tests.sleeper", key, kwargs={"seconds": 4})
         running(task_id)
@@ -215,7 +234,7 @@ def test_it_redelivers_the_run_of_a_sigkilled_worker_and_shows_both_attempts(tmp
 
 
 def test_it_never_delivers_a_live_long_run_twice(tmp_path: Path, key: str) -> None:
-    fast = {"CELERY_VISIBILITY_TIMEOUT": "5"}
+    fast: FastRedelivery = {"CELERY_VISIBILITY_TIMEOUT": "5"}
     with worker(tmp_path, *TASKS, **fast), worker(tmp_path, *TASKS, **fast):
         long_run = send("tests.sleeper", key, policy={"overlap": "allow"}, kwargs={"seconds": 14})
         far_eta = send("tests.record", key, kwargs={"label": "eta"}, countdown=12)
@@ -232,6 +251,7 @@ def test_it_records_a_run_not_started_before_its_expiry_as_expired(tmp_path: Pat
     with worker(tmp_path, *TASKS):
         done = final(task_id)
     assert done.status == "EXPIRED"
+    assert done.result is not None
     assert json.loads(done.result)["reason"] == "not started before it expired"
     assert redis_client().llen(f"{key}:order") == 0
 
@@ -243,5 +263,6 @@ def test_it_lets_a_high_priority_run_overtake_a_backlog(tmp_path: Path, key: str
     with worker(tmp_path, *TASKS, concurrency=1):
         for task_id in [blocker, urgent, *backlog]:
             final(task_id)
-    order = [label.decode() for label in redis_client().lrange(f"{key}:order", 0, -1)]
+    labels = cast(list[bytes], redis_client().lrange(f"{key}:order", 0, -1))  # redis_client() does not decode
+    order = [label.decode() for label in labels]
     assert order.index("urgent") == 0, order

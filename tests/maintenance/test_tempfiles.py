@@ -117,6 +117,6 @@ def as_unprivileged_user(job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end) as pipe:
-        result = json.loads(pipe.read())
+        result: dict[str, Any] = json.loads(pipe.read())  # the child wrote job()'s dict
     assert os.waitpid(pid, 0)[1] == 0
     return result

@@ -20,7 +20,7 @@ from rest_framework.authtoken.models import Token
 
 from scheduler_app.models import AuditEntry, Incident, SchedulePolicy
 from scheduler_app.runs.history import run_context
-from tests.test_api_fuzz import served_schema
+from tests.api.test_api_fuzz import served_schema
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TASK = "maintenance.purge_expired_sessions"
@@ -262,7 +262,7 @@ def test_it_lists_the_registered_tasks_with_their_defaults(api: Client) -> None:
 
 def test_it_serves_an_openapi_schema_to_staff_the_one_the_fuzzer_reads(api: Client) -> None:
     schema = api.get("/api/schema/").json()
-    assert schema == served_schema()  # tests/test_api_fuzz.py fuzzes this one
+    assert schema == served_schema()  # tests/api/test_api_fuzz.py fuzzes this one
     assert schema["openapi"].startswith("3.")
     assert "/api/schedules/{id}/next-runs/" in schema["paths"]
     assert "/api/runs/{id}/retry/" in schema["paths"]

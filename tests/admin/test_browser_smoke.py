@@ -15,11 +15,12 @@ PASSWORD = "correct horse battery staple"
 
 def stylesheet_loaded(page: Page, path: str) -> bool:
     """Whether the page has the stylesheet at `path` parsed: one that failed to load has no rules."""
-    return page.evaluate(
+    loaded: bool = page.evaluate(  # Array.some() answers a boolean
         "path => [...document.styleSheets].some(s => s.href && new URL(s.href).pathname === path"
         " && s.cssRules.length > 0)",
         path,
     )
+    return loaded
 
 
 def test_a_superuser_logs_in_and_sees_the_admin_index(page: Page, live_server: LiveServer) -> None:

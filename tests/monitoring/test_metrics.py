@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 from django.core.cache import cache
@@ -212,9 +212,15 @@ def test_it_answers_only_the_allowed_networks_when_a_list_is_set() -> None:
     assert forged.status_code == 403
 
 
+class BearerAuth(TypedDict):
+    """The token's request header (a TypedDict: `**` of it fills none of Client.get's parameters)."""
+
+    HTTP_AUTHORIZATION: str
+
+
 @override_settings(METRICS_TOKEN=TOKEN, METRICS_ALLOWED_IPS=["10.0.0.0/8"])
 def test_it_wants_both_the_address_and_the_token_when_both_are_set() -> None:
-    auth = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
+    auth: BearerAuth = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
     assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics", **auth).status_code == 200
     assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 401
     assert Client(REMOTE_ADDR="192.168.1.5").get("/metrics", **auth).status_code == 403

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -139,14 +139,14 @@ class Launch:
 
 
 @pytest.fixture
-def launch() -> Iterator[type[Launch]]:
+def launch() -> Iterator[Callable[[int], Launch]]:
     started: list[Launch] = []
 
     def make(port: int) -> Launch:
         started.append(Launch(port))
         return started[-1]
 
-    yield make  # type: ignore[misc]
+    yield make
     for launched in started:
         launched.close()
 
@@ -169,7 +169,9 @@ class Browser:
             assert r.url.endswith("/admin/"), "the log-in was refused"
 
 
-def test_it_runs_the_whole_platform_and_shows_a_finished_health_check_in_the_admin(launch: type[Launch]) -> None:
+def test_it_runs_the_whole_platform_and_shows_a_finished_health_check_in_the_admin(
+    launch: Callable[[int], Launch],
+) -> None:
     port = free_port()
     launched = launch(port)
     launched.wait_for_output("Beatkeeper is running. Admin: http://127.0.0.1:")
@@ -193,7 +195,7 @@ def test_it_runs_the_whole_platform_and_shows_a_finished_health_check_in_the_adm
     assert [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
 
 
-def test_it_says_which_process_died_and_stops_the_others(launch: type[Launch]) -> None:
+def test_it_says_which_process_died_and_stops_the_others(launch: Callable[[int], Launch]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

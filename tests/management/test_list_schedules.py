@@ -40,7 +40,9 @@ def test_it_gives_a_crontabs_next_run_in_its_own_zone_and_in_utc() -> None:
     task = PeriodicTask.objects.create(name="ny", task="maintenance.log_statistics", crontab=cron)
     upcoming = next_run(task)
     assert upcoming.at == dt.datetime(2026, 3, 1, 14, 30, tzinfo=dt.UTC)  # 09:30 EST
-    assert upcoming.local().isoformat() == "2026-03-01T09:30:00-05:00"  # type: ignore[union-attr]
+    local = upcoming.local()
+    assert local is not None
+    assert local.isoformat() == "2026-03-01T09:30:00-05:00"
     assert describe(task) == "At 09:30 AM (America/New_York)"
 
 
