@@ -21,7 +21,7 @@ from django.utils import timezone
 from django_celery_beat import validators
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
-from scheduler_app import services
+from scheduler_app import schedules, services
 from scheduler_app.beat import slots
 
 KINDS = [("crontab", "crontab"), ("interval", "interval"), ("clocked", "one-off (at a moment)"), ("solar", "solar")]
@@ -195,15 +195,22 @@ class ScheduleForm(PeriodicTaskForm):
         return task
 
     # --- preview -------------------------------------------------------------------------
-    def preview(self, now: dt.datetime | None = None) -> dict[str, Any]:
-        """The next runs of the schedule as the form stands, in its zone and UTC."""
+    def preview(self, now: dt.datetime | None = None, editing: PeriodicTask | None = None) -> dict[str, Any]:
+        """The next runs of the schedule as the form stands, in its zone and UTC: what beat
+        will send once it is saved (`schedules.next_runs`, as every preview), from the last
+        run and with the catch-up policy of the schedule being edited, if any."""
         now = now or timezone.now()
         table = slots.timetable(self.schedule_row)
-        start = self.cleaned_data.get("start_time")
-        first = slots.first_slot(table, last_run_at=None, start_time=start, created=now)
-        times = [] if first is None else [first, *slots.upcoming(table, first, PREVIEW_COUNT - 1)]
-        expires = self.cleaned_data.get("expires")
-        times = [moment for moment in times if not expires or moment < expires]
+        task = PeriodicTask(
+            pk=editing.pk if editing else None,  # its policy, read as beat reads it
+            task=self.cleaned_data.get("task") or "",
+            enabled=True,  # a preview of when it runs, whether or not it is enabled now
+            start_time=self.cleaned_data.get("start_time"),
+            expires=self.cleaned_data.get("expires"),
+            last_run_at=editing.last_run_at if editing else None,
+            date_changed=now,  # saving it now
+        )
+        times = [run.at for run in schedules.next_runs(task, PREVIEW_COUNT, now, table) if run.at]
         return {"zone": table.zone, "runs": slots.describe_offsets(times, table.zone)}
 
 

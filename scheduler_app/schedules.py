@@ -69,7 +69,7 @@ def next_run(task: PeriodicTask, now: dt.datetime | None = None, table: slots.Ti
 def why_not(task: PeriodicTask, now: dt.datetime | None = None) -> str:
     if not task.enabled:
         return "disabled"
-    if task.one_off and task.total_run_count:
+    if (task.one_off or task.clocked_id) and task.total_run_count:  # a clocked slot runs once, as in beat
         return "one-off already run"
     if task.expires and task.expires <= (now or timezone.now()):
         return "expired"
@@ -87,11 +87,15 @@ def next_runs(
         return []
     table = table or slots.timetable(task.clocked or task.interval or task.crontab or task.solar)
     slot = slots.first_slot(table, last_run_at=task.last_run_at, start_time=task.start_time, created=task.date_changed)
-    if slot is not None and slot < now and (now - slot).total_seconds() > settings.BEAT_CATCH_UP_GRACE_SECONDS:
-        if catch_up_of(task) == "skip" and not task.clocked_id:
+    late = slot is not None and (now - slot).total_seconds() > settings.BEAT_CATCH_UP_GRACE_SECONDS
+    if slot is not None and late and not isinstance(table, slots.Clocked):  # a clocked slot runs, however late
+        if catch_up_of(task) == "skip":  # beat sends none of the backlog: on to the next slot
             slot = table.slot_following(slot, now)
-    times = [] if slot is None else [max(slot, now), *slots.upcoming(table, slot, count - 1)]
-    return [NextRun(at.astimezone(UTC), table.zone) for at in times if not task.expires or at < task.expires]
+        else:  # `once`: one run now, as the backlog's latest slot; beat carries on after that one
+            slot = slots.latest_until(table, slot, now)
+    times = [] if slot is None else [slot, *slots.upcoming(table, slot, count - 1)]
+    runs = [max(at, now) for at in times if not task.expires or at < task.expires]  # a due slot goes now
+    return [NextRun(at.astimezone(UTC), table.zone) for at in runs]
 
 
 def catch_up_of(task: PeriodicTask) -> str:

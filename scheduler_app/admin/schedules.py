@@ -379,12 +379,20 @@ class ScheduleAdmin(ScheduleModelAdmin):
         if errors or form.schedule_row is None:
             return JsonResponse({"ok": False, "errors": errors})
         try:
-            preview = form.preview()
+            preview = form.preview(editing=self.edited(request))
         except (slots.InvalidSchedule, OverflowError) as exc:
             return JsonResponse({"ok": False, "errors": {"__all__": [str(exc)]}})
         runs = [{"local": r["local"].isoformat(), "utc": r["utc"].isoformat(), "dst_change": r["dst_change"]}
                 for r in preview["runs"]]  # fmt: skip
         return JsonResponse({"ok": True, "zone": preview["zone"], "runs": runs})
+
+    def edited(self, request: HttpRequest) -> PeriodicTask | None:
+        """The schedule whose page asks for the preview (`?object=<pk>`), if the user may see it."""
+        pk = request.GET.get("object", "")
+        if not (pk.isascii() and pk.isdecimal()):
+            return None
+        task = PeriodicTask.objects.filter(pk=int(pk)).first()
+        return task if task is not None and self.has_view_or_change_permission(request, task) else None
 
     def button_view(self, request: HttpRequest, pk: int, what: str) -> HttpResponse:
         task = get_object_or_404(PeriodicTask, pk=pk)

@@ -29,9 +29,16 @@ CHUNK = 200  # slots claimed, then sent, at a time
 
 class Dispatcher:
     def __init__(
-        self, app: Celery, planner: Planner, heap: DueHeap, ledger: leader.SlotLedger, still_leading: Callable[[], bool]
+        self,
+        app: Celery,
+        planner: Planner,
+        heap: DueHeap,
+        ledger: leader.SlotLedger,
+        still_leading: Callable[[], bool],
+        send_task: Callable[..., Any],
     ) -> None:
         self.app = app
+        self.send_task = send_task  # the scheduler's send_task: Celery's hook for a subclass
         self.planner = planner
         self.heap = heap
         self.ledger = ledger
@@ -106,7 +113,7 @@ class Dispatcher:
             )
             return False
         try:
-            self.app.send_task(entry.task, args, kwargs, producer=producer, **entry.message_options(send.slot))
+            self.send_task(entry.task, args, kwargs, producer=producer, **entry.message_options(send.slot))
         except Exception as exc:  # noqa: BLE001  (a failed send must not stop the others)
             logger.error("could not send %s for %s: %r; trying again", entry.name, send.slot.isoformat(), exc)
             self.unsent.append(send)

@@ -12,9 +12,12 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from celery.schedules import schedstate
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
+from django_celery_beat.utils import NEVER_CHECK_TIMEOUT
 from kombu.utils.json import loads
 
 from scheduler_app.beat import slots
@@ -89,9 +92,19 @@ class Entry:
         return {"trigger": "beat", "schedule": self.name, "scheduled_for": slot.isoformat(), "policy": self.overrides}
 
     def message_options(self, slot: dt.datetime) -> dict[str, Any]:
+        """What beat sends with this slot. `celery_beat_task` is the header Celery's own beat
+        adds, by which code tells beat's runs apart."""
         options = dict(self.options)
-        options["headers"] = {**options.get("headers", {}), HEADER: self.header(slot)}
+        options["headers"] = {**options.get("headers", {}), "celery_beat_task": True, HEADER: self.header(slot)}
         return options
+
+    def is_due(self) -> schedstate:
+        """Celery's `ScheduleEntry.is_due()`: whether a slot is due now, and the seconds until
+        the next check. Beat itself reads its heap; this is for code written against Celery."""
+        if self.next_slot is None:
+            return schedstate(False, NEVER_CHECK_TIMEOUT)  # django-celery-beat's answer for an entry that never runs
+        remaining = (self.next_slot - timezone.now()).total_seconds()
+        return schedstate(remaining <= 0, max(remaining, 0.0))
 
 
 @dataclass
@@ -100,6 +113,13 @@ class Send:
 
     entry: Entry
     slot: dt.datetime
+
+
+def same_schedule(a: Entry, b: Entry) -> bool:
+    """Whether two entries send the same thing at the same times."""
+    facts = ("pk", "task", "table_key", "raw_args", "raw_kwargs", "options", "overrides", "one_off", "start_time",
+             "expires")  # fmt: skip
+    return all(getattr(a, fact) == getattr(b, fact) for fact in facts)
 
 
 def entry_from_row(row: tuple[Any, ...], policies: Policies) -> Entry:
@@ -122,7 +142,7 @@ def entry_from_row(row: tuple[Any, ...], policies: Policies) -> Entry:
         options=message_options(values, overrides, policy),
         overrides=overrides,
         policy=policy,
-        one_off=values["one_off"],
+        one_off=values["one_off"] or values["clocked_id"] is not None,  # a clocked slot runs once, one_off or not
         start_time=values["start_time"],
         expires=values["expires"],
         last_run_at=None if values["never_run"] else values["anchor"],

@@ -31,11 +31,12 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, close_old_connections
 from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
-from scheduler_app.beat import entries, leader
+from scheduler_app.beat import checks, entries, leader
 from scheduler_app.beat.change_reader import ChangeReader, Position, prune_change_log
 from scheduler_app.beat.dispatch import Dispatcher
 from scheduler_app.beat.due import DueHeap
@@ -56,15 +57,15 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
         self.ledger = leader.SlotLedger(self.lease)
         self.check_interval = float(settings.BEAT_CHECK_SECONDS)
         self.due = DueHeap(leading=lambda: self.lease.is_leader)
-        self.store = EntryStore(self.due)
         self.writes = PendingWrites(self.ledger)
+        self.store = EntryStore(self.due, self.writes)
         self.changes = ChangeReader()
         self.planner = Planner(self.store, self.due, self.writes, grace=float(settings.BEAT_CATCH_UP_GRACE_SECONDS))
         self._next_housekeeping = 0.0
         self._next_database = 0.0
         self._next_prune = 0.0
         super().__init__(*args, **kwargs)  # loads the schedules (setup_schedule)
-        self.dispatcher = Dispatcher(self.app, self.planner, self.due, self.ledger, self._still_leading)
+        self.dispatcher = Dispatcher(self.app, self.planner, self.due, self.ledger, self._still_leading, self.send_task)
         self.max_interval: float = min(self.max_interval, self.check_interval)
         # A task-sent event is a second publish per run (kombu's Redis transport takes a
         # client per publish): without it beat sends about a third more per second. Workers
@@ -75,14 +76,59 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
 
     def setup_schedule(self) -> None:
         """Write `beat_schedule` from the Celery configuration to the database, as
-        django-celery-beat does, then load every enabled schedule."""
+        django-celery-beat does, then load every enabled schedule. Installs no default
+        entries: `result_expires` is refused (`install_default_entries`)."""
+        self.install_default_entries({})
         if self.app.conf.beat_schedule:
             DatabaseScheduler.update_from_dict(self, self.app.conf.beat_schedule)
         self.load_all()
 
     @property
     def schedule(self) -> dict[str, entries.Entry]:  # `Entry` here is the class attribute above
+        """The enabled schedules this beat holds, by name: Beatkeeper's lean entries (not
+        django-celery-beat's ModelEntry: no `.model`). A snapshot; changes come in through
+        the change log on the tick, not by reading this."""
         return {entry.name: entry for entry in self.store.entries.values()}
+
+    def install_default_entries(self, data: Any) -> None:
+        """Celery's beat adds a nightly `celery.backend_cleanup` when `result_expires` is set,
+        which would delete every run older than that, against the retention settings."""
+        if self.app.conf.result_expires:
+            raise ImproperlyConfigured(f"{checks.RESULT_EXPIRES_REFUSED} {checks.RESULT_EXPIRES_HINT}")
+
+    # --- django-celery-beat's per-entry hooks, on Beatkeeper's entries -----------------
+
+    def reserve(self, entry: entries.Entry) -> entries.Entry:
+        raise NotImplementedError(
+            "Beatkeeper's beat does not reserve entries one at a time: each slot is claimed under the "
+            "leader's lease in tick(), so that several beats never send it twice. To send a schedule now, "
+            "use run now (scheduler_app.services.run_now, the admin, POST /api/schedules/{id}/run/) or "
+            "apply_entry(entry), which sends it once without moving its schedule."
+        )
+
+    def apply_entry(self, entry: entries.Entry, producer: Any = None) -> None:
+        """Send the entry once now, outside its schedule (its slots do not move), as
+        Celery's `apply_entry` does; logs a failure instead of raising it."""
+        logger.info("Scheduler: Sending due task %s (%s) out of schedule", entry.name, entry.task)
+        try:
+            self.apply_async(entry, producer=producer, advance=False)
+        except Exception:  # noqa: BLE001  (as Celery's apply_entry: log, never stop beat)
+            logger.exception("could not send %s", entry.name)
+
+    def apply_async(self, entry: entries.Entry, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
+        """Send the entry now with everything beat would send it with (`advance=False`
+        only: moving a schedule on is the tick's, under the lease)."""
+        if advance:
+            self.reserve(entry)  # raises, saying what to use instead
+        options = {**entry.message_options(timezone.now()), **kwargs}
+        return self.send_task(entry.task, entry.args, entry.kwargs, producer=producer, **options)
+
+    def schedules_equal(self, old: dict[str, entries.Entry] | None, new: dict[str, entries.Entry] | None) -> bool:
+        """Whether two `schedule` snapshots send the same tasks with the same options on
+        the same timetables (Celery's question; beat itself never asks it)."""
+        if old is None or new is None:
+            return old is new
+        return old.keys() == new.keys() and all(entries.same_schedule(old[name], new[name]) for name in old)
 
     def load_all(self) -> None:
         """Load every enabled schedule. A database error part-way keeps what was loaded

@@ -7,9 +7,10 @@ they agree. A slot is the moment a run is due, an aware datetime in UTC.
 - crontab: in the schedule's own time zone, through cronsim, with Debian cron's rules
   for daylight saving time. A slot at a fixed hour that falls in the skipped hour runs
   once, at the transition; one in the repeated hour runs once, at its first occurrence.
-  An expression whose hour is `*` or a step follows real time, as cron does: it keeps
-  running through the repeated hour and has nothing to run in the skipped one. Day of
-  month and day of week must both match, as Celery's crontab has always meant;
+  An expression whose minute or hour field starts with `*` (`*`, `*/20`) follows real
+  time, as cron does: it keeps running through the repeated hour (`*/20 1-3 * * *` runs
+  02:00, 02:20 and 02:40 twice) and has nothing to run in the skipped one. Day of month
+  and day of week must both match, as Celery's crontab has always meant;
 - solar: Celery's solar schedule;
 - clocked: its one moment.
 """
@@ -208,11 +209,16 @@ def first_slot(table: Timetable, *, last_run_at: dt.datetime | None, start_time:
     """The schedule's next slot from what the database says of it.
 
     A schedule that never ran counts from when it was last changed (django-celery-beat's
-    rule); nothing runs before its start time: an interval runs first at the start time,
-    a crontab at its first slot from then on. A clocked schedule is due at its moment,
-    however long ago that was (beat sends it once; enabled again, once more)."""
+    rule); nothing runs before its start time. An interval that never ran runs first at its
+    start time, and then every interval from it; a start time already past when the
+    schedule was saved sets the phase: the first run is the first of start time + n
+    intervals after the save. A crontab runs at its first slot from the start time on. A
+    clocked schedule is due at its moment, however long ago that was (beat sends it once;
+    enabled again, once more)."""
     if isinstance(table, Clocked):
         return table.at  # whether it already ran is the one-off rule's business (beat, marks)
+    if isinstance(table, Interval) and last_run_at is None and start_time is not None:
+        return start_time if start_time >= created else table.slot_following(start_time, created)
     slot = table.slot_after(last_run_at or created)
     if start_time is None or (slot is not None and slot >= start_time):
         return slot

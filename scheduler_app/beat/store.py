@@ -17,6 +17,7 @@ from django_celery_beat.models import PeriodicTask
 from scheduler_app.beat import slots
 from scheduler_app.beat.due import DueHeap
 from scheduler_app.beat.entries import Entry, Policies, TableKey, entry_from_row, rows
+from scheduler_app.beat.writes import PendingWrites
 from scheduler_app.models import SHARED_SCHEDULES
 
 if TYPE_CHECKING:
@@ -26,8 +27,9 @@ logger = logging.getLogger(__name__)
 
 
 class EntryStore:
-    def __init__(self, heap: DueHeap) -> None:
+    def __init__(self, heap: DueHeap, writes: PendingWrites) -> None:
         self.heap = heap
+        self.writes = writes
         self.entries: dict[int, Entry] = {}
         self.tables: dict[TableKey, slots.Timetable] = {}
         self.users: dict[TableKey, set[int]] = {}  # table key -> pks of the entries using it
@@ -66,6 +68,11 @@ class EntryStore:
         except Exception as exc:  # noqa: BLE001  (one bad row never stops beat)
             logger.error("schedule %r cannot run: %s; fix it in the admin", row[1], exc)
             self.remove(row[0])  # its previous, valid version stops too: it no longer says what runs
+            return None
+        if entry.one_off and entry.total_run_count > 0:  # it ran: disabled (django-celery-beat's rule), not run again
+            logger.info("one-off schedule %r has already run; disabling it", entry.name)
+            self.writes.done(entry.pk, clocked=entry.table_key[0] == "clocked")
+            self.remove(entry.pk)
             return None
         old = self.entries.get(entry.pk)
         if old is not None:

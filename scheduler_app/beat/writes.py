@@ -39,8 +39,12 @@ class PendingWrites:
     def one_off_done(self, pk: int, slot: dt.datetime, clocked: bool) -> None:
         """A one-off schedule is disabled once sent (django-celery-beat's rule), with its
         run count reset so that enabling it again runs it once more."""
-        self.disable.add(pk)
         self.slots[pk] = (slot, 0)
+        self.done(pk, clocked)
+
+    def done(self, pk: int, clocked: bool) -> None:
+        """Disable a one-off that has run (its run count goes back to 0)."""
+        self.disable.add(pk)
         if clocked:  # its one slot is sent again if it is enabled again
             self.unmark.add(pk)
 

@@ -6,79 +6,28 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
-from celery import current_app
-from celery.signals import before_task_publish
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import (
     ClockedSchedule,
     CrontabSchedule,
-    IntervalSchedule,
     PeriodicTask,
     PeriodicTasks,
 )
 
-from scheduler_app.beat import Scheduler, leader
+from scheduler_app.beat import leader
 from scheduler_app.connection import redis_client
 from scheduler_app.models import SchedulePolicy
 from scheduler_app.schedules import next_runs
+from tests.beat.beatkit import QUEUE, interval, names, schedule, started
 
-pytestmark = pytest.mark.django_db(transaction=True)
-QUEUE = "beat-tests"  # no test worker consumes it
-
-
-@pytest.fixture(autouse=True)
-def clean_redis() -> Iterator[None]:
-    client = redis_client()
-    for pattern in (leader.PREFIX + "*", QUEUE + "*"):
-        for key in client.scan_iter(match=pattern):
-            client.delete(key)
-    yield
-    for key in client.scan_iter(match=QUEUE + "*"):
-        client.delete(key)
-
-
-@pytest.fixture
-def sent() -> Iterator[list[dict[str, Any]]]:
-    """The beatkeeper header of every message published, as beat published it."""
-    published: list[dict[str, Any]] = []
-
-    def capture(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        published.append(dict((headers or {}).get("beatkeeper", {})))
-
-    before_task_publish.connect(capture, weak=False)
-    yield published
-    before_task_publish.disconnect(capture)
-
-
-def interval(seconds: int) -> IntervalSchedule:
-    return IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)[0]
-
-
-def schedule(name: str, seconds: int = 30, *, ago: float | None = None, **fields: Any) -> PeriodicTask:
-    """A schedule on the tests' own queue, last run `ago` seconds ago."""
-    last = timezone.now() - dt.timedelta(seconds=ago) if ago is not None else fields.pop("last_run_at", None)
-    fields.setdefault("interval", interval(seconds))
-    return PeriodicTask.objects.create(
-        name=name, task="maintenance.purge_expired_sessions", queue=QUEUE, last_run_at=last, **fields
-    )
-
-
-def started(**options: Any) -> Scheduler:
-    beat = Scheduler(app=current_app, **options)
-    beat.tick()  # the first tick takes the lease
-    return beat
-
-
-def names(published: list[dict[str, Any]]) -> list[str]:
-    return sorted(header["schedule"] for header in published)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("clean_redis")]
 
 
 # --- dispatch ---------------------------------------------------------------------------

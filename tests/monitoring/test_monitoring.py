@@ -113,3 +113,15 @@ def test_it_marks_late_a_schedule_that_beat_sends_on_time_but_no_worker_starts()
         clock.move_to(START + dt.timedelta(minutes=36))
         monitoring.check_schedules()
         assert state_of(task).expected_at == START + dt.timedelta(minutes=30)
+
+
+def test_a_start_time_already_past_does_not_make_a_new_schedule_late_and_its_slot_does() -> None:
+    with time_machine.travel(START, tick=False) as clock:
+        task = every_ten_minutes()  # saved at 12:00, to start at 11:03: its slots are at minute x3
+        PeriodicTask.objects.filter(pk=task.pk).update(start_time=START - dt.timedelta(minutes=57))
+        clock.move_to(START + dt.timedelta(minutes=2))
+        assert monitoring.check_schedules()["late"] == 0  # 11:53 and before were before the save
+        assert state_of(task).next_at == START + dt.timedelta(minutes=3)  # in phase (else 12:10)
+        clock.move_to(START + dt.timedelta(minutes=8, seconds=1))  # 12:03 + the 5 min grace
+        assert monitoring.check_schedules()["late"] == 1
+        assert state_of(task).expected_at == START + dt.timedelta(minutes=3)

@@ -59,9 +59,11 @@
   function refresh(form) {
     clearTimeout(pending);
     pending = setTimeout(async function () {
-      const url = document.getElementById("bk-preview").dataset.url;
+      const preview = document.getElementById("bk-preview");
       const params = new URLSearchParams(new FormData(form));
       params.delete("csrfmiddlewaretoken");
+      if (preview.dataset.object) params.set("object", preview.dataset.object); // its last run and policy
+      const url = preview.dataset.url;
       try {
         const response = await fetch(url + "?" + params.toString(), { credentials: "same-origin" });
         render(await response.json());
