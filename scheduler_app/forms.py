@@ -190,6 +190,8 @@ class ScheduleForm(PeriodicTaskForm):
         task.interval = task.crontab = task.solar = task.clocked = None
         setattr(task, self.cleaned_data["kind"], shared_row(self.schedule_row))
         task.one_off = task.one_off or self.cleaned_data["kind"] == "clocked"  # django-celery-beat's rule
+        if task.one_off and task.enabled:  # saved enabled, it is to run (beat disables a one-off that has run)
+            task.total_run_count = 0
         if commit:
             task.save()
         return task
@@ -204,7 +206,8 @@ class ScheduleForm(PeriodicTaskForm):
         task = PeriodicTask(
             pk=editing.pk if editing else None,  # its policy, read as beat reads it
             task=self.cleaned_data.get("task") or "",
-            enabled=True,  # a preview of when it runs, whether or not it is enabled now
+            enabled=True,  # a preview of when it runs, whether or not it is enabled now (saved so, it runs)
+            one_off=bool(self.cleaned_data.get("one_off")) or self.cleaned_data.get("kind") == "clocked",
             start_time=self.cleaned_data.get("start_time"),
             expires=self.cleaned_data.get("expires"),
             last_run_at=editing.last_run_at if editing else None,

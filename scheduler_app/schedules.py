@@ -93,7 +93,8 @@ def next_runs(
             slot = table.slot_following(slot, now)
         else:  # `once`: one run now, as the backlog's latest slot; beat carries on after that one
             slot = slots.latest_until(table, slot, now)
-    times = [] if slot is None else [slot, *slots.upcoming(table, slot, count - 1)]
+    once = task.one_off or isinstance(table, slots.Clocked)  # sent once, then disabled
+    times = [] if slot is None else [slot, *slots.upcoming(table, slot, 0 if once else count - 1)]
     runs = [max(at, now) for at in times if not task.expires or at < task.expires]  # a due slot goes now
     return [NextRun(at.astimezone(UTC), table.zone) for at in runs]
 

@@ -95,7 +95,11 @@ def set_enabled(task: PeriodicTask, enabled: bool, **pause: Any) -> None:
         setattr(policy, field, value)
     policy.save()
     current.enabled = enabled
-    current.save(update_fields=["enabled", "last_run_at", "date_changed"])  # save(): the change log sees it
+    fields = ["enabled", "last_run_at", "date_changed"]
+    if enabled and (current.one_off or current.clocked_id):  # enabled again, a one-off runs once more
+        current.one_off, current.total_run_count = True, 0  # a clocked row is one (save() refuses it otherwise)
+        fields += ["one_off", "total_run_count"]
+    current.save(update_fields=fields)  # save(): the change log sees it
     task.enabled, task.last_run_at = current.enabled, current.last_run_at
 
 

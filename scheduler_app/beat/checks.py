@@ -12,8 +12,9 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, register
 
 RESULT_EXPIRES_REFUSED = (
-    "CELERY_RESULT_EXPIRES is set, but Beatkeeper keeps runs by its own retention, and Celery's nightly "
-    "celery.backend_cleanup would delete every run older than CELERY_RESULT_EXPIRES, the kept ones included."
+    "CELERY_RESULT_EXPIRES is not None (unset, Celery's default is one day), but Beatkeeper keeps runs by its own "
+    "retention, and Celery's nightly celery.backend_cleanup would delete every run older than that, the kept ones "
+    "included."
 )
 RESULT_EXPIRES_HINT = (
     "Leave CELERY_RESULT_EXPIRES at None. The hourly maintenance.cleanup_old_runs deletes runs older than "
@@ -23,6 +24,6 @@ RESULT_EXPIRES_HINT = (
 
 @register()
 def check_result_expires(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    if getattr(settings, "CELERY_RESULT_EXPIRES", None):
+    if not hasattr(settings, "CELERY_RESULT_EXPIRES") or settings.CELERY_RESULT_EXPIRES:
         return [Error(RESULT_EXPIRES_REFUSED, hint=RESULT_EXPIRES_HINT, id="beatkeeper.E001")]
     return []

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery.schedules import schedstate
+from django.conf import settings
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -104,7 +105,9 @@ class Entry:
         if self.next_slot is None:
             return schedstate(False, NEVER_CHECK_TIMEOUT)  # django-celery-beat's answer for an entry that never runs
         remaining = (self.next_slot - timezone.now()).total_seconds()
-        return schedstate(remaining <= 0, max(remaining, 0.0))
+        if remaining <= 0:  # due: look again after beat's check interval, as its tick would
+            return schedstate(True, float(settings.BEAT_CHECK_SECONDS))
+        return schedstate(False, remaining)
 
 
 @dataclass
@@ -116,9 +119,10 @@ class Send:
 
 
 def same_schedule(a: Entry, b: Entry) -> bool:
-    """Whether two entries send the same thing at the same times."""
+    """Whether two entries send the same thing at the same times (the next one included, so
+    that an edit of the timetable they share counts)."""
     facts = ("pk", "task", "table_key", "raw_args", "raw_kwargs", "options", "overrides", "one_off", "start_time",
-             "expires")  # fmt: skip
+             "expires", "next_slot")  # fmt: skip
     return all(getattr(a, fact) == getattr(b, fact) for fact in facts)
 
 

@@ -25,9 +25,10 @@ heartbeat), then the database (writes, the change log).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from django.conf import settings
@@ -44,6 +45,7 @@ from scheduler_app.beat.planning import Planner
 from scheduler_app.beat.store import EntryStore
 from scheduler_app.beat.writes import PendingWrites
 from scheduler_app.models import SHARED_SCHEDULES, ScheduleChange
+from scheduler_app.runs.history import HEADER
 
 logger = logging.getLogger(__name__)
 PRUNE_EVERY = 300.0  # seconds between two prunings of the change log by the leader
@@ -85,10 +87,10 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
 
     @property
     def schedule(self) -> dict[str, entries.Entry]:  # `Entry` here is the class attribute above
-        """The enabled schedules this beat holds, by name: Beatkeeper's lean entries (not
-        django-celery-beat's ModelEntry: no `.model`). A snapshot; changes come in through
-        the change log on the tick, not by reading this."""
-        return {entry.name: entry for entry in self.store.entries.values()}
+        """The enabled schedules this beat holds, by name: copies of Beatkeeper's lean entries
+        (not django-celery-beat's ModelEntry: no `.model`). A snapshot: changes come in
+        through the change log on the tick, not by reading this."""
+        return {entry.name: dataclasses.replace(entry) for entry in self.store.entries.values()}
 
     def install_default_entries(self, data: Any) -> None:
         """Celery's beat adds a nightly `celery.backend_cleanup` when `result_expires` is set,
@@ -98,7 +100,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
 
     # --- django-celery-beat's per-entry hooks, on Beatkeeper's entries -----------------
 
-    def reserve(self, entry: entries.Entry) -> entries.Entry:
+    def reserve(self, entry: entries.Entry) -> NoReturn:
         raise NotImplementedError(
             "Beatkeeper's beat does not reserve entries one at a time: each slot is claimed under the "
             "leader's lease in tick(), so that several beats never send it twice. To send a schedule now, "
@@ -121,6 +123,8 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
         if advance:
             self.reserve(entry)  # raises, saying what to use instead
         options = {**entry.message_options(timezone.now()), **kwargs}
+        header = options["headers"][HEADER]  # not one of its slots: a send from code
+        options["headers"][HEADER] = {**header, "trigger": "direct", "scheduled_for": None}
         return self.send_task(entry.task, entry.args, entry.kwargs, producer=producer, **options)
 
     def schedules_equal(self, old: dict[str, entries.Entry] | None, new: dict[str, entries.Entry] | None) -> bool:

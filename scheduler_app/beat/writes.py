@@ -1,8 +1,9 @@
 """What beat writes back to the database, in batches: the slot each schedule last sent
-(`last_run_at`) and its run count, and the schedules to disable (one-offs sent, expired).
+(`last_run_at`) and its run count, and the schedules to disable (one-offs sent, expired,
+one-offs found to have run already).
 
-A flush writes everything pending with one UPDATE per 500 rows; a flush that fails keeps
-it for the next one, merged with whatever was sent meanwhile.
+A flush writes everything pending in one transaction, with one UPDATE per 500 rows; a
+flush that fails keeps it for the next one, merged with whatever was sent meanwhile.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 
 import redis
-from django.db import DatabaseError, InterfaceError
+from django.db import DatabaseError, InterfaceError, transaction
 from django.db.models import F
 from django_celery_beat.models import PeriodicTask
 
@@ -23,6 +24,7 @@ class PendingWrites:
         self.ledger = ledger
         self.slots: dict[int, tuple[dt.datetime, int]] = {}  # pk -> (last_run_at, runs to add)
         self.disable: set[int] = set()
+        self.ran_before: dict[int, bool] = {}  # one-offs loaded enabled with runs counted -> clocked?
         self.unmark: set[int] = set()  # clocked one-offs whose mark goes once they are disabled
 
     def __len__(self) -> int:
@@ -40,28 +42,36 @@ class PendingWrites:
         """A one-off schedule is disabled once sent (django-celery-beat's rule), with its
         run count reset so that enabling it again runs it once more."""
         self.slots[pk] = (slot, 0)
-        self.done(pk, clocked)
-
-    def done(self, pk: int, clocked: bool) -> None:
-        """Disable a one-off that has run (its run count goes back to 0)."""
         self.disable.add(pk)
         if clocked:  # its one slot is sent again if it is enabled again
             self.unmark.add(pk)
 
+    def already_ran(self, pk: int, clocked: bool) -> None:
+        """A one-off loaded enabled with a run count above 0 has run: it is disabled (and its
+        count reset) only if it still reads so when written, so that an enable made
+        meanwhile, which resets the count, is never undone; whichever beat saw it."""
+        self.ran_before[pk] = clocked
+
     def flush(self) -> None:
         """Write the slots sent since the last flush: `last_run_at` and the run count."""
-        if not (self.slots or self.disable):
+        if not (self.slots or self.disable or self.ran_before):
+            self._forget_marks()  # one left from a flush whose Redis part failed
             return
         dirty, self.slots = self.slots, {}
         disable, self.disable = self.disable, set()
+        ran_before, self.ran_before = self.ran_before, {}
         try:
-            write(dirty, disable)
+            with transaction.atomic():  # all or nothing: a retried flush never counts a run twice
+                write(dirty, disable)
+                disabled = disable_if_ran(ran_before)
         except (DatabaseError, InterfaceError):
             for pk, (slot, runs) in dirty.items():  # keep them for the next flush
                 newer, more = self.slots.get(pk, (slot, 0))
                 self.slots[pk] = (max(slot, newer), runs + more)
             self.disable |= disable
+            self.ran_before |= ran_before
             raise
+        self.unmark |= {pk for pk in disabled if ran_before[pk]}
         self._forget_marks()
 
     def _forget_marks(self) -> None:
@@ -84,4 +94,22 @@ def write(dirty: dict[int, tuple[dt.datetime, int]], disable: set[int]) -> None:
     PeriodicTask.objects.bulk_update(rows, ["last_run_at", "total_run_count"], batch_size=500)
     if disable:
         PeriodicTask.objects.filter(pk__in=disable).update(enabled=False, total_run_count=0)
-        ScheduleChange.objects.bulk_create(ScheduleChange(kind=ScheduleChange.BEAT, object_id=pk) for pk in disable)
+        log_disabled(disable)
+
+
+def disable_if_ran(candidates: dict[int, bool]) -> set[int]:
+    """Disable each one-off that still reads enabled with runs counted; which were."""
+    disabled = {
+        pk
+        for pk in candidates
+        if PeriodicTask.objects.filter(pk=pk, enabled=True, total_run_count__gt=0).update(
+            enabled=False, total_run_count=0
+        )
+    }
+    log_disabled(disabled)
+    return disabled
+
+
+def log_disabled(pks: set[int]) -> None:
+    """Beat's own disables go to the change log too, so every beat drops them."""
+    ScheduleChange.objects.bulk_create(ScheduleChange(kind=ScheduleChange.BEAT, object_id=pk) for pk in pks)

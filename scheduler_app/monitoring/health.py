@@ -22,6 +22,7 @@ pass, from which the count of failures in a row is carried on.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -96,13 +97,27 @@ def expected_slot(task: PeriodicTask, table: slots.Timetable, now: dt.datetime) 
     crontab finds it from the first slot at once; other timetables walk, so they keep
     going on from the last slot sent."""
     cutoff = now - grace_for(table, now, task)
-    first = slots.first_slot(table, last_run_at=None, start_time=task.start_time, created=task.date_changed)
+    first = first_counted(task, table)
     last = task.last_run_at if task.last_run_at and task.last_run_at >= task.date_changed else None
     walks_back = isinstance(table, slots.Interval | slots.Cron)
     start = last if last is not None and (last <= cutoff or not walks_back) else first
     if start is None or start > cutoff or (first is not None and first > cutoff):
         return None
     return slots.latest_until(table, start, cutoff)
+
+
+def first_counted(task: PeriodicTask, table: slots.Timetable) -> dt.datetime | None:
+    """The first slot after the schedule's last change. An interval that has run stays on the
+    grid of its last run, as beat keeps it (and after a start time, if that is later)."""
+    first = slots.first_slot(table, last_run_at=None, start_time=task.start_time, created=task.date_changed)
+    if isinstance(table, slots.Interval) and task.last_run_at is not None:
+        every = dt.timedelta(seconds=table.seconds)
+        on_grid: dt.datetime = (
+            task.last_run_at + (math.floor((task.date_changed - task.last_run_at) / every) + 1) * every
+        )
+        if task.start_time is None or on_grid >= task.start_time:
+            return on_grid
+    return first
 
 
 def verdict(task: PeriodicTask, table: slots.Timetable, started: dt.datetime | None, failures: int,

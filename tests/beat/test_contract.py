@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import time_machine
 from celery import current_app
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
@@ -22,16 +23,21 @@ from django.test import Client, override_settings
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
 
+from scheduler_app import services
 from scheduler_app.beat import Scheduler, checks
+from scheduler_app.beat.leader import Lease, SlotLedger
+from scheduler_app.beat.writes import PendingWrites
+from scheduler_app.forms import ScheduleForm
 from scheduler_app.models import SchedulePolicy
 from scheduler_app.schedules import next_runs, why_not
-from tests.beat.beatkit import interval, schedule, started
+from tests.beat.beatkit import interval, names, schedule, started
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("clean_redis")]
 UTC = dt.UTC
 BERLIN = ZoneInfo("Europe/Berlin")
 HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
+MINUTE = dt.timedelta(minutes=1)
 NOON = dt.datetime(2026, 6, 1, 12, 30, tzinfo=UTC)
 
 
@@ -185,8 +191,50 @@ def test_a_one_off_that_already_ran_is_disabled_not_run_again(sent: list[dict[st
     beat.housekeeping()
     assert sent == []
     rows = PeriodicTask.objects.filter(pk__in=[clocked.pk, one_off.pk]).values_list("enabled", "total_run_count")
-    assert list(rows) == [(False, 0), (False, 0)]  # enabled again, each runs once more
+    assert list(rows) == [(False, 0), (False, 0)]
+    services.resume(PeriodicTask.objects.get(pk=clocked.pk), by=None)  # enabled again, it runs once more
+    beat.housekeeping()
+    beat.tick()
+    assert names(sent) == ["ran once"]
     beat.close()
+
+
+def test_a_schedule_that_ran_made_a_one_off_in_its_form_runs_once(
+    clock: time_machine.Traveller, sent: list[dict[str, Any]]
+) -> None:
+    task = schedule("hourly", 3600, last_run_at=NOON - dt.timedelta(minutes=30))
+    PeriodicTask.objects.filter(pk=task.pk).update(total_run_count=5)
+    at = NOON + dt.timedelta(minutes=5)
+    form = ScheduleForm({**interval_form(task, 1, "hours"), "kind": "clocked", "clocked_time": at.isoformat(),
+                         "one_off": "on"},
+                        instance=PeriodicTask.objects.get(pk=task.pk))  # fmt: skip
+    assert form.is_valid(), form.errors
+    assert [run.at for run in next_runs(form.save(), 3)] == [at]  # one run: a one-off
+    beat = started()
+    tick_at(beat, clock, [at, at + HOUR])
+    assert slots_sent(sent) == [at]
+    beat.close()
+
+
+def test_a_one_off_interval_previews_the_one_run_beat_sends(
+    clock: time_machine.Traveller, sent: list[dict[str, Any]]
+) -> None:
+    task = schedule("once, a minute on", 60, last_run_at=NOON, one_off=True)
+    assert [run.at for run in next_runs(PeriodicTask.objects.get(pk=task.pk), 3)] == [NOON + MINUTE]
+    beat = started()
+    tick_at(beat, clock, [NOON + MINUTE, NOON + 2 * MINUTE])
+    assert slots_sent(sent) == [NOON + MINUTE]
+    beat.close()
+
+
+def test_an_enable_made_before_beat_writes_its_disable_is_kept() -> None:
+    task = schedule("ran before", 30, ago=31, one_off=True)
+    PeriodicTask.objects.filter(pk=task.pk).update(total_run_count=1)
+    writes = PendingWrites(SlotLedger(Lease(ttl=3)))
+    writes.already_ran(task.pk, clocked=False)  # what a beat loading it decided
+    services.resume(PeriodicTask.objects.get(pk=task.pk), by=None)  # meanwhile, an operator enables it
+    writes.flush()
+    assert PeriodicTask.objects.filter(pk=task.pk).values_list("enabled", "total_run_count").get() == (True, 0)
 
 
 # --- expiry, edits, headers (django-celery-beat's documented behaviour) ----------------------------
@@ -243,6 +291,11 @@ def test_the_inherited_per_entry_hooks_work_or_say_what_to_use(published: list[d
     beat.apply_entry(entry)
     assert [m["headers"]["id"] for m in published][:1] == [result.id]
     assert len(published) == 2 and all(m["headers"]["celery_beat_task"] for m in published)
+    assert {m["headers"]["beatkeeper"]["trigger"] for m in published} == {"direct"}  # none of its slots
+    clock_free = entry.next_slot
+    assert clock_free is not None
+    with time_machine.travel(clock_free + dt.timedelta(seconds=1), tick=False):
+        assert tuple(entry.is_due()) == (True, 1.0)  # due: look again after BEAT_CHECK_SECONDS
     assert beat.schedule["hook"].next_slot == entry.next_slot  # its schedule did not move
     snapshot = beat.schedule
     assert beat.schedules_equal(snapshot, beat.schedule)
@@ -262,6 +315,9 @@ def test_result_expires_is_refused_at_start_up_with_what_to_set_instead() -> Non
         (error,) = checks.check_result_expires()
     assert error.id == "beatkeeper.E001" and "RUN_RETENTION_KEEP_LAST" in (error.hint or "")
     assert checks.check_result_expires() == []
+    with override_settings():
+        del settings.CELERY_RESULT_EXPIRES  # unset: Celery's default of one day applies
+        assert [e.id for e in checks.check_result_expires()] == ["beatkeeper.E001"]
     current_app.conf.result_expires = dt.timedelta(days=1)
     try:
         with pytest.raises(ImproperlyConfigured, match="celery.backend_cleanup.*RUN_RETENTION_HOURS"):

@@ -125,3 +125,17 @@ def test_a_start_time_already_past_does_not_make_a_new_schedule_late_and_its_slo
         clock.move_to(START + dt.timedelta(minutes=8, seconds=1))  # 12:03 + the 5 min grace
         assert monitoring.check_schedules()["late"] == 1
         assert state_of(task).expected_at == START + dt.timedelta(minutes=3)
+
+
+def test_an_interval_that_has_run_is_judged_on_the_grid_beat_keeps() -> None:
+    with time_machine.travel(START, tick=False) as clock:
+        task = every_ten_minutes()  # saved at 12:00 with a start time of 11:03, but beat runs it at minute x0
+        PeriodicTask.objects.filter(pk=task.pk).update(
+            start_time=START - dt.timedelta(minutes=57), last_run_at=START + dt.timedelta(minutes=20)
+        )
+        ran(task.name, START + dt.timedelta(minutes=10))  # 12:10 ran; 12:20 is sent, not started yet
+        clock.move_to(START + dt.timedelta(minutes=24))
+        assert monitoring.check_schedules()["late"] == 0
+        clock.move_to(START + dt.timedelta(minutes=25, seconds=1))  # 12:20 + its 5 min grace
+        assert monitoring.check_schedules()["late"] == 1
+        assert state_of(task).expected_at == START + dt.timedelta(minutes=20)
