@@ -82,6 +82,10 @@ class Entry:
     version: int = 0
 
     @property
+    def clocked(self) -> bool:
+        return self.table_key[0] == "clocked"
+
+    @property
     def args(self) -> list[Any]:
         return list(loads(self.raw_args or "[]"))
 

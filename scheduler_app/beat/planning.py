@@ -47,7 +47,7 @@ class Planner:
         slot = entry.next_slot
         assert slot is not None  # noqa: S101  (only entries with a slot are on the heap)
         late = (now - slot).total_seconds()
-        if late <= self.grace or entry.table_key[0] == "clocked":
+        if late <= self.grace or entry.clocked:
             return Send(entry, slot)
         if entry.policy.catch_up == "skip":
             logger.info("skipping a missed slot of %s (%s, %.0fs late; catch-up is 'skip')", entry.name, slot, late)
@@ -78,7 +78,7 @@ class Planner:
         self.heap.push(entry)
 
     def finish_one_off(self, entry: Entry, slot: dt.datetime) -> None:
-        self.writes.one_off_done(entry.pk, slot, clocked=entry.table_key[0] == "clocked")
+        self.writes.one_off_done(entry.pk, slot, clocked=entry.clocked)
         self.store.remove(entry.pk)
 
     def requeue(self, sends: list[Send]) -> None:

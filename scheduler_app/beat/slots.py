@@ -59,8 +59,12 @@ class Interval:
             return None
 
     def slot_following(self, last: dt.datetime, now: dt.datetime) -> dt.datetime:
-        steps = math.floor((now - last).total_seconds() / self.seconds) + 1
-        return last + dt.timedelta(seconds=self.seconds * max(1, steps))
+        return self.on_grid_after(last, max(now, last))
+
+    def on_grid_after(self, anchor: dt.datetime, moment: dt.datetime) -> dt.datetime:
+        """The first slot of `anchor`'s grid (anchor + n intervals, n < 0 too) strictly after `moment`."""
+        steps = math.floor((moment - anchor).total_seconds() / self.seconds) + 1
+        return anchor + dt.timedelta(seconds=self.seconds * steps)
 
     def latest_until(self, slot: dt.datetime, now: dt.datetime) -> dt.datetime:
         return self.slot_following(slot, now) - dt.timedelta(seconds=self.seconds)

@@ -71,7 +71,7 @@ class EntryStore:
             return None
         if entry.one_off and entry.total_run_count > 0:  # it ran: disabled (django-celery-beat's rule), not run again
             logger.info("one-off schedule %r has already run; disabling it", entry.name)
-            self.writes.already_ran(entry.pk, clocked=entry.table_key[0] == "clocked")
+            self.writes.already_ran(entry.pk, clocked=entry.clocked)
             self.remove(entry.pk)
             return None
         old = self.entries.get(entry.pk)

@@ -22,7 +22,6 @@ pass, from which the count of failures in a row is carried on.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -111,10 +110,7 @@ def first_counted(task: PeriodicTask, table: slots.Timetable) -> dt.datetime | N
     grid of its last run, as beat keeps it (and after a start time, if that is later)."""
     first = slots.first_slot(table, last_run_at=None, start_time=task.start_time, created=task.date_changed)
     if isinstance(table, slots.Interval) and task.last_run_at is not None:
-        every = dt.timedelta(seconds=table.seconds)
-        on_grid: dt.datetime = (
-            task.last_run_at + (math.floor((task.date_changed - task.last_run_at) / every) + 1) * every
-        )
+        on_grid = table.on_grid_after(task.last_run_at, task.date_changed)
         if task.start_time is None or on_grid >= task.start_time:
             return on_grid
     return first
