@@ -10,7 +10,7 @@ export BEATKEEPER_CHROMIUM
 .PHONY: run test lint format check-deploy clean help
 
 help:
-	@echo "make run    - set up, then run web + worker + beat (+ embedded Redis) until Ctrl-C"
+	@echo "make run    - set up, then run web + worker + beat + recorder (+ embedded Redis) until Ctrl-C"
 	@echo "make test   - set up, then run the whole test suite"
 	@echo "make lint   - ruff (check, format), mypy --strict, import-linter (layers, no circles)"
 	@echo "make clean  - remove the virtualenv and var/ (the local database and broker data)"

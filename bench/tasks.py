@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from bench.counting import count
 from scheduler_app.catalog import platform_task
 
 
@@ -19,4 +20,16 @@ def platform(n: int) -> dict[str, int]:
 
 @platform_task(name="bench.platform_locked", overlap="skip")
 def platform_locked(n: int) -> dict[str, int]:
+    return {"n": n}
+
+
+@shared_task(name="bench.counted")
+def counted(n: int) -> dict[str, int]:
+    count()
+    return {"n": n}
+
+
+@platform_task(name="bench.counted_platform")
+def counted_platform(n: int) -> dict[str, int]:
+    count()
     return {"n": n}

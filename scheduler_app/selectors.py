@@ -11,8 +11,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+import redis
 from celery import current_app
 from celery import states as celery_states
+from django.conf import settings
 from django.db import connection
 from django.db.models import CharField, Count, Func, Q, QuerySet
 from django.db.models.functions import TruncHour
@@ -21,7 +23,9 @@ from django_celery_results.models import TaskResult
 
 from scheduler_app import broker
 from scheduler_app.beat import leader
+from scheduler_app.connection import redis_client
 from scheduler_app.models import Incident, ScheduleHealth
+from scheduler_app.runs import recorder
 
 RUN_STATES = ["PENDING", "STARTED", "PROGRESS", "RETRY", "WAITING", "SUCCESS", "FAILURE", "SKIPPED", "EXPIRED",
               "REVOKED"]  # fmt: skip
@@ -31,6 +35,7 @@ RECENT_RUNS = 20  # runs behind a schedule's success rate and median duration
 DAY = dt.timedelta(hours=24)
 DASHBOARD_RUN_LIMIT = 100_000  # runs of the last day read for percentiles and concurrency
 HEALTH_TASK = "maintenance.system_health_check"
+RECORDER_QUIET_SECONDS = 30  # a recorder silent this long, with runs waiting, is flagged
 
 RunT = TypeVar("RunT", bound=TaskResult)
 
@@ -235,6 +240,29 @@ def beat_status() -> dict[str, Any]:
         return leader.heartbeat()
     except Exception as exc:  # noqa: BLE001  (the broker is down: say so)
         return {"leader": None, "beats": [], "error": str(exc)}
+
+
+def ledger_status() -> dict[str, Any]:
+    """The run ledger's backlog (`recorder.backlog`), with what the dashboard flags: a lag
+    over LEDGER_MAX_LAG_SECONDS, no recorder heard from for `RECORDER_QUIET_SECONDS` while
+    changes wait, dead events. `error` instead when Redis does not answer."""
+    client = redis_client()
+    try:
+        found = recorder.backlog(client)
+    except redis.RedisError:
+        return {"error": "Redis unreachable"}
+    except Exception as exc:  # noqa: BLE001  (the dashboard shows the rest anyway)
+        return {"error": f"the ledger could not be read: {type(exc).__name__}: {exc}"[:300]}
+    finally:
+        client.close()
+    max_lag = float(settings.LEDGER_MAX_LAG_SECONDS)
+    quiet = found.recorder_age is None or found.recorder_age > RECORDER_QUIET_SECONDS
+    late = found.lag_seconds > max_lag
+    stalled = bool(found.events) and quiet
+    flagged = late or stalled or found.over_limit or found.dead > 0
+    return {"events": found.events, "lag": found.lag_seconds, "max_lag": max_lag, "dead": found.dead,
+            "recorder": found.recorder, "recorder_age": found.recorder_age, "over_limit": found.over_limit,
+            "late": late, "stalled": stalled, "flagged": flagged}  # fmt: skip
 
 
 def dashboard(now: dt.datetime, *, schedules_too: bool, runs_too: bool,

@@ -11,27 +11,31 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import uuid
 from functools import cache
 from typing import Any
 
 from celery import current_app
 from celery import states as celery_states
+from celery.app.task import Context
 from celery.utils.saferepr import saferepr
 from django.db import transaction
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import RedisError
 
 from scheduler_app import broker
 from scheduler_app.beat import entries
 from scheduler_app.models import SchedulePolicy
-from scheduler_app.runs import history, states
+from scheduler_app.runs import history, ledger, states
 from scheduler_app.runs.policy import task_policy
 
 REPR_LIMIT = 1024  # characters of a run's arguments that Celery records (argsrepr)
 SEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+logger = logging.getLogger(__name__)
 REVOCABLE = {celery_states.PENDING, celery_states.RECEIVED, celery_states.RETRY, states.WAITING, *history.RUNNING}
 
 
@@ -221,6 +225,7 @@ def recorded_arguments(stored: str | None, what: str) -> Any:
 
 def revoke_run(row: TaskResult, *, by: Any) -> None:
     """Stop a queued or running run: workers drop it when it arrives, or end it (SIGTERM)."""
+    row = ledger.fresh(row)  # it may have finished since the recorder last wrote it
     if row.status not in REVOCABLE:
         raise ServiceError(f"run {row.task_id} is already {row.status}; only a queued or running run can be revoked.")
     status = broker.broker_status()  # Celery's broadcast would retry for ever against a dead broker
@@ -231,9 +236,17 @@ def revoke_run(row: TaskResult, *, by: Any) -> None:
     except BrokerError as exc:
         raise BrokerUnavailable(f"the broker did not answer ({exc}); nothing was revoked. Check Redis.") from None
     meta = {**history.run_context(row), "revoked_by": username(by), "revoked_at": timezone.now().isoformat()}
-    TaskResult.objects.filter(pk=row.pk, status__in=REVOCABLE).update(
-        status=celery_states.REVOKED, date_done=timezone.now(), meta=json.dumps(meta)
-    )
+    if row.pk is not None:
+        TaskResult.objects.filter(pk=row.pk, status__in=REVOCABLE).update(
+            status=celery_states.REVOKED, date_done=timezone.now(), meta=json.dumps(meta)
+        )
+    # And on the fast side, which a worker reads before the row (and the recorder writes last).
+    # It refines a RETRY or another end of the same attempt, so it replaces that state.
+    request = Context(meta=meta, task=row.task_name, periodic_task_name=row.periodic_task_name, bk_refines=True)
+    try:
+        current_app.backend.store_result(row.task_id, {"reason": "revoked"}, celery_states.REVOKED, request=request)
+    except RedisError as exc:  # revoked and its row written; a worker that has it reads its REVOKED row
+        logger.warning("run %s: its revocation was not written to Redis (%s)", row.task_id, exc)
 
 
 # --- Sending ---------------------------------------------------------------------------
@@ -256,11 +269,27 @@ def send(task_name: str, args: Any, kwargs: Any, *, options: dict[str, Any], hea
         raise BrokerUnavailable(
             f"the broker did not answer ({exc}); the run was not queued. Check that Redis is up."
         ) from None
+    announce_pending(task_id, task_name, header)
     return task_id
 
 
+def pending_meta(header: dict[str, Any]) -> dict[str, Any]:
+    return {key: header[key] for key in ("trigger", "by", "schedule", "queued_at", "retry_of") if header.get(key)}
+
+
+def announce_pending(task_id: str, task_name: str, header: dict[str, Any]) -> None:
+    """The queued run's state in Redis, which a worker reads before it starts the run (for a
+    revocation meanwhile) instead of the row. A worker that started it already ranks above."""
+    context = Context(meta=pending_meta(header), task=task_name, periodic_task_name=header.get("schedule"))
+    try:
+        current_app.backend.store_result(task_id, None, celery_states.PENDING, request=context)
+    except RedisError as exc:  # the run is queued and its row written: the worker reads the row
+        logger.warning("run %s: its queued state was not written to Redis (%s)", task_id, exc)
+
+
 def record_pending(task_id: str, task_name: str, args: Any, kwargs: Any, header: dict[str, Any]) -> None:
-    meta = {key: header[key] for key in ("trigger", "by", "schedule", "queued_at", "retry_of") if header.get(key)}
+    """The row, so the console lists the run at once (its state in Redis follows the send)."""
+    meta = pending_meta(header)
     TaskResult.objects.create(
         task_id=task_id,
         task_name=task_name,

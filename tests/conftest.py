@@ -71,9 +71,21 @@ def broker_server() -> Iterator[None]:
 
 def _empty_broker(client: redis.Redis) -> None:
     """Drop what earlier runs left: queued messages and the platform's keys."""
-    for pattern in ("celery*", "_kombu*", "unacked*", "beatkeeper:*"):
+    for pattern in ("celery*", "_kombu*", "unacked*", "beatkeeper:*", "bk:*"):
         for key in client.scan_iter(match=pattern):
             client.delete(key)
+
+
+@pytest.fixture(autouse=True)
+def _empty_ledger() -> None:
+    """No test sees run states an earlier test's worker left unrecorded (the ledger's lag)."""
+    from scheduler_app.runs import ledger
+
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    try:
+        client.delete(ledger.STREAM, ledger.DEAD, "bk:recorder:lease", "bk:recorder:status")
+    finally:
+        client.close()
 
 
 @pytest.fixture(autouse=True)

@@ -94,12 +94,33 @@ def celery(*args: str) -> list[str]:
 
 @contextmanager
 def worker(tmp_path: Path, *extra: str, concurrency: int = 2, **env: str) -> Iterator[Process]:
+    """A Celery worker and a recorder that writes its runs to TaskResult, as every
+    deployment runs them."""
+    with recorder(tmp_path, **env), bare_worker(tmp_path, *extra, concurrency=concurrency, **env) as proc:
+        yield proc
+
+
+@contextmanager
+def bare_worker(tmp_path: Path, *extra: str, concurrency: int = 2, **env: str) -> Iterator[Process]:
+    """A Celery worker alone: its runs stay in Redis until a recorder runs."""
     name = f"test-{uuid.uuid4().hex[:8]}@%h"
     argv = celery("worker", "--loglevel", "INFO", "--concurrency", str(concurrency), "--hostname", name, *extra)
     argv += ["--without-mingle", "--without-gossip"]
     proc = Process("worker", argv, process_env(**env), tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log")
     try:
         proc.wait_for_output(" ready.")
+        yield proc
+    finally:
+        proc.stop()
+
+
+@contextmanager
+def recorder(tmp_path: Path, **env: str) -> Iterator[Process]:
+    """`manage.py record_runs`: writes the runs' state changes from Redis to TaskResult."""
+    argv = [sys.executable, "manage.py", "record_runs"]
+    proc = Process("recorder", argv, process_env(**env), tmp_path / f"recorder-{uuid.uuid4().hex[:6]}.log")
+    try:
+        proc.wait_for_output("started (batch")
         yield proc
     finally:
         proc.stop()

@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from scheduler_app.catalog import (
+    PlatformTask,
     platform_task,
     report_progress,  # as a task author imports it
 )
@@ -65,4 +67,43 @@ def unserializable(key: str) -> object:
 @platform_task(name="tests.record")
 def record(key: str, label: str) -> dict[str, Any]:
     redis_client().rpush(f"{key}:order", label)
+    return {"label": label}
+
+
+@platform_task(name="tests.needs_db")
+def needs_db(key: str) -> dict[str, Any]:
+    """A run whose body reads the database (a trivial ORM query): while the database is
+    away it fails with OperationalError, which the platform retries by the run's policy."""
+    from django_celery_results.models import TaskResult
+
+    attempt = redis_client().incr(f"{key}:runs")
+    TaskResult.objects.filter(task_id="").exists()
+    return {"attempts": attempt}
+
+
+@platform_task(name="tests.record_slowly")
+def record_slowly(key: str, label: str, seconds: float = 0.1) -> dict[str, Any]:
+    """`tests.record` with work in between: the label goes to `<key>:began` when the body
+    starts and to `<key>:order` when it is about to return."""
+    client = redis_client()
+    client.rpush(f"{key}:began", label)
+    time.sleep(seconds)
+    client.rpush(f"{key}:order", label)
+    return {"label": label}
+
+
+class SlowToAcknowledge(PlatformTask[Any, Any]):
+    """A platform task whose worker process, once the result is stored, takes a second
+    before it reports back (in `after_return`), so the message stays unacknowledged for a
+    second after the run's SUCCESS: a test can cut the broker off in between."""
+
+    def after_return(self, *args: Any, **kwargs: Any) -> None:
+        time.sleep(1.0)
+
+
+@shared_task(name="tests.slow_to_acknowledge", base=SlowToAcknowledge)
+def slow_to_acknowledge(key: str, label: str) -> dict[str, Any]:
+    client = redis_client()
+    client.rpush(f"{key}:began", label)
+    client.rpush(f"{key}:order", label)
     return {"label": label}

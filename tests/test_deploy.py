@@ -34,8 +34,15 @@ KUBERNETES = DEPLOY / "kubernetes"
 SYSTEMD = DEPLOY / "systemd"
 
 PRODUCTION_SETTINGS = "project.settings.production"
-PROCESSES = ("web", "worker", "beat", "migrate")
-BIN_SCRIPTS = ("web", "worker", "beat", "migrate", "worker-healthcheck", "collectstatic")
+PROCESSES = ("web", "worker", "beat", "recorder", "migrate")
+LONG_RUNNING = tuple(process for process in PROCESSES if process != "migrate")  # run until stopped
+BIN_SCRIPTS = ("web", "worker", "beat", "recorder", "migrate", "worker-healthcheck", "collectstatic")
+# Seconds each deployment lets these processes finish after SIGTERM: a worker's running
+# tasks (warm shutdown), the recorder's batch at hand.
+STOP_GRACE = {"worker": 60, "recorder": 30}
+# Processes that share a lease in Redis: one leads, the others stand by.
+LEASED = ("beat", "recorder")
+README = DEPLOY / "README.md"
 
 # The environment variables of the deployment contract. .env.example must name every one.
 # Any other name in .env.example must be read by project/ or deploy/bin/; these are
@@ -250,6 +257,7 @@ HOST = socket.gethostname()
             "celery -A project worker --loglevel DEBUG --concurrency 8 --hostname worker@%h",
         ),
         ("beat", {}, "celery -A project beat --loglevel INFO --pidfile="),
+        ("recorder", {}, "python manage.py record_runs"),
         (
             "worker-healthcheck",
             {"HOSTNAME": "beatkeeper-worker-7d9f-abcde"},
@@ -270,6 +278,7 @@ HOST = socket.gethostname()
         "worker",
         "worker-env",
         "beat",
+        "recorder",
         "worker-healthcheck",
         "worker-healthcheck-no-env",
         "collectstatic",
@@ -288,8 +297,9 @@ def test_it_execs_the_contracted_command_from_the_repository_root(
     assert calls[0]["ppid"] == str(os.getpid())
 
 
-def test_it_keeps_a_django_settings_module_already_set(tmp_path: Path) -> None:
-    result, calls = _run_with_stubs("beat", tmp_path, {"DJANGO_SETTINGS_MODULE": "project.settings.local"})
+@pytest.mark.parametrize("script", LONG_RUNNING)
+def test_it_keeps_a_django_settings_module_already_set(script: str, tmp_path: Path) -> None:
+    result, calls = _run_with_stubs(script, tmp_path, {"DJANGO_SETTINGS_MODULE": "project.settings.local"})
     assert result.returncode == 0, result.stderr
     assert calls[0]["dsm"] == "project.settings.local"
 
@@ -318,7 +328,7 @@ def test_it_stops_migrate_when_the_migration_fails(tmp_path: Path) -> None:
 
 def test_it_parses_every_yaml_file() -> None:
     paths = sorted(DEPLOY.rglob("*.yml")) + sorted(DEPLOY.rglob("*.yaml"))
-    assert COMPOSE in paths and len(paths) >= 7
+    assert COMPOSE in paths and len(paths) >= 8
     for path in paths:
         documents = [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
         assert documents, f"{path} holds no document"
@@ -341,10 +351,11 @@ def test_it_runs_the_deploy_scripts_from_the_image_in_compose() -> None:
         assert (COMPOSE.parent / service["env_file"]).resolve() == (DEPLOY / ".env").resolve()
 
 
-def test_it_gives_the_compose_worker_a_60s_warm_shutdown() -> None:
-    worker = _compose()["services"]["worker"]
-    assert _seconds(worker["stop_grace_period"]) >= 60
-    assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
+@pytest.mark.parametrize(("process", "grace"), STOP_GRACE.items())
+def test_it_gives_compose_services_their_stop_grace_period(process: str, grace: int) -> None:
+    service = _compose()["services"][process]
+    assert _seconds(service["stop_grace_period"]) >= grace
+    assert service.get("stop_signal", "SIGTERM") == "SIGTERM"
 
 
 def test_it_starts_compose_services_in_order() -> None:
@@ -353,7 +364,7 @@ def test_it_starts_compose_services_in_order() -> None:
         assert services[name]["healthcheck"]["test"], name
         assert services["migrate"]["depends_on"][name] == {"condition": "service_healthy"}
     assert services["migrate"]["restart"] == "no"
-    for name in ("web", "worker", "beat"):
+    for name in LONG_RUNNING:
         assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
     assert services["web"]["ports"] == ["8000:8000"]
     assert "--appendonly" in services["redis"]["command"]
@@ -367,6 +378,7 @@ def test_it_replaces_the_image_web_healthcheck_in_other_compose_services() -> No
     assert "healthcheck" not in services["web"]
     assert services["worker"]["healthcheck"]["test"] == ["CMD", "deploy/bin/worker-healthcheck"]
     assert services["beat"]["healthcheck"] == {"disable": True}
+    assert services["recorder"]["healthcheck"] == {"disable": True}  # no port: the process is its liveness
     assert services["migrate"]["healthcheck"] == {"disable": True}
 
 
@@ -385,22 +397,29 @@ def test_it_points_the_example_urls_at_the_compose_services() -> None:
 # --- Kubernetes -------------------------------------------------------------------------
 
 
-def test_it_runs_two_beats_for_failover_and_rolls_them_one_at_a_time() -> None:
-    beat = _kubernetes("Deployment", "beatkeeper-beat")
-    assert beat["spec"]["replicas"] == 2
-    assert beat["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
-    # No other workload runs beat.
-    runs_beat = [
-        name for name, pod in _pod_specs() for c in pod["containers"] if c.get("command") == ["deploy/bin/beat"]
+@pytest.mark.parametrize("process", LEASED)
+def test_it_runs_two_leased_replicas_for_failover_and_rolls_them_one_at_a_time(process: str) -> None:
+    deployment = _kubernetes("Deployment", f"beatkeeper-{process}")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] >= STOP_GRACE.get(process, 0)
+    (container,) = pod["containers"]
+    assert container["command"] == [f"deploy/bin/{process}"]
+    # No port to probe: if the process dies the container exits and is restarted.
+    assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(container)
+    # No other workload runs it.
+    runs_it = [
+        name for name, pod in _pod_specs() for c in pod["containers"] if c.get("command") == [f"deploy/bin/{process}"]
     ]
-    assert runs_beat == ["beatkeeper-beat"]
+    assert runs_it == [f"beatkeeper-{process}"]
 
 
 def test_it_gives_kubernetes_workers_a_warm_shutdown_and_a_ping_probe() -> None:
     worker = _kubernetes("Deployment", "beatkeeper-worker")
     pod = worker["spec"]["template"]["spec"]
     assert worker["spec"]["replicas"] == 2
-    assert pod["terminationGracePeriodSeconds"] >= 60
+    assert pod["terminationGracePeriodSeconds"] >= STOP_GRACE["worker"]
     (container,) = pod["containers"]
     assert container["command"] == ["deploy/bin/worker"]
     assert container["livenessProbe"]["exec"]["command"] == ["deploy/bin/worker-healthcheck"]
@@ -410,7 +429,7 @@ def test_it_gives_kubernetes_workers_a_warm_shutdown_and_a_ping_probe() -> None:
 
 def test_it_runs_every_kubernetes_container_as_non_root() -> None:
     pods = _pod_specs()
-    assert len(pods) == 4
+    assert sorted(name for name, _ in pods) == sorted(f"beatkeeper-{process}" for process in PROCESSES)
     for name, pod in pods:
         for container in _containers(pod):
             context = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
@@ -622,9 +641,10 @@ def test_it_configures_the_systemd_units() -> None:
             # Only after migrations succeeded.
             assert "beatkeeper-migrate.service" in " ".join(unit["Unit"]["Requires"]).split(), path.name
             assert "beatkeeper-migrate.service" in " ".join(unit["Unit"]["After"]).split(), path.name
-    worker = _unit(UNITS["worker"])["Service"]
-    assert worker["KillSignal"] == ["SIGTERM"]
-    assert int(worker["TimeoutStopSec"][0]) >= 60
+    for process, grace in STOP_GRACE.items():
+        service = _unit(UNITS[process])["Service"]
+        assert service["KillSignal"] == ["SIGTERM"], process
+        assert int(service["TimeoutStopSec"][0]) >= grace, process
 
 
 # The keys these units may use, for machines without systemd-analyze.
@@ -698,3 +718,18 @@ def test_it_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert not complaints, "\n".join(complaints)
     if tolerated is None:
         assert result.returncode == 0
+
+
+# --- README -----------------------------------------------------------------------------
+
+
+def test_it_names_every_script_unit_and_manifest_in_the_readme() -> None:
+    readme = README.read_text(encoding="utf-8")
+    missing = [f"bin/{name}" for name in BIN_SCRIPTS if f"`bin/{name}`" not in readme]
+    missing += [path.stem for path in UNITS.values() if path.stem not in readme]
+    missing += [path.name for path in sorted(KUBERNETES.glob("*.yaml")) if path.name not in readme]
+    assert not missing, f"deploy/README.md does not name {missing}"
+    # Every long-running Deployment is in the README's kubectl apply.
+    applied = re.findall(r"-f deploy/kubernetes/([\w.-]+\.yaml)", readme)
+    for process in LONG_RUNNING:
+        assert f"{process}-deployment.yaml" in applied, process

@@ -143,7 +143,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     "socket_timeout": 30,
     "health_check_interval": 25,
 }
-CELERY_RESULT_BACKEND = "django-db"
+# Runs are recorded in django-celery-results' TaskResult, but not on the run's path: the
+# backend hands each state change to Redis and `manage.py record_runs` writes them in
+# batches (scheduler_app/runs/ledger.py, recorder.py).
+CELERY_RESULT_BACKEND = "scheduler_app.runs.ledger:LedgerBackend"
 CELERY_RESULT_EXTENDED = True  # name, args, worker, periodic task name on every run
 CELERY_TASK_TRACK_STARTED = True  # a STARTED row (with date_started) while a run is running
 CELERY_TASK_SERIALIZER = "json"
@@ -154,8 +157,12 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # with late acks: hold no more than one spare message
 CELERY_TASK_DEFAULT_PRIORITY = 5
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
-CELERY_WORKER_SEND_TASK_EVENTS = True  # `celery events` and Flower work out of the box
-CELERY_TASK_SEND_SENT_EVENT = True
+# Task events (for Flower and `celery events`) are three more publishes per run: they cost
+# about 45 % of a worker's throughput (bench/ledger.py --settings), and the console shows
+# every run live without them. CELERY_TASK_EVENTS=true turns them on (or `celery -A project
+# control enable_events` for a while).
+CELERY_WORKER_SEND_TASK_EVENTS = env.boolean("CELERY_TASK_EVENTS", False)
+CELERY_TASK_SEND_SENT_EVENT = CELERY_WORKER_SEND_TASK_EVENTS
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "scheduler_app.beat:Scheduler"
 # A slot found due later than this (beat was down) follows the schedule's catch-up policy.
@@ -169,6 +176,23 @@ BEAT_CHECK_SECONDS = env.number("BEAT_CHECK_SECONDS", 1, minimum=0.1)
 # backend_cleanup would delete every run older than a day.
 CELERY_RESULT_EXPIRES = None
 DJANGO_CELERY_BEAT_TZ_AWARE = True
+
+# --- The run ledger (scheduler_app/runs/ledger.py, recorder.py) --------------------------
+LEDGER_BATCH = min(2000, env.integer("LEDGER_BATCH", 500, minimum=1))  # state changes per upsert (at most 2000)
+# The recorder writes at most this often unless a full batch waits: a finished run's row
+# shows within about this long, in fewer and larger transactions.
+LEDGER_FLUSH_SECONDS = env.number("LEDGER_FLUSH_SECONDS", 0.25, minimum=0)
+LEDGER_LEASE_SECONDS = env.number("LEDGER_LEASE_SECONDS", 10, minimum=2)  # a standby recorder takes over within it
+# /readyz fails when the oldest state change not yet in TaskResult is older than this.
+LEDGER_MAX_LAG_SECONDS = env.number("LEDGER_MAX_LAG_SECONDS", 60, minimum=1)
+# A backlog of more state changes than this is reported (metrics, /readyz, dashboard, log); never dropped.
+LEDGER_BACKLOG_LIMIT = env.integer("LEDGER_BACKLOG_LIMIT", 1_000_000, minimum=1)
+# How long a run's latest state stays in Redis: unrecorded (a database outage), and recorded.
+LEDGER_UNRECORDED_TTL = env.integer("LEDGER_UNRECORDED_TTL", 7 * 86400, minimum=3600)
+LEDGER_RECORDED_TTL = env.integer("LEDGER_RECORDED_TTL", 300, minimum=10)
+# A run's STARTED is sent this many seconds after it starts, unless it has ended by then
+# (its end carries its start): a short run costs one write instead of two. 0 sends it at once.
+LEDGER_STARTED_DELAY = env.number("LEDGER_STARTED_DELAY", 0.2, minimum=0)
 
 # --- Alerts (scheduler_app/monitoring/alerts.py) ---------------------------------------
 # Late, failing and recovered schedules are sent to these channels; none set: no alerts.

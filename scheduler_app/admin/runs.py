@@ -25,7 +25,7 @@ from scheduler_app import selectors, services
 from scheduler_app.admin import display
 from scheduler_app.admin.readonly import ReadOnly
 from scheduler_app.models import Run
-from scheduler_app.runs import states
+from scheduler_app.runs import ledger, states
 from scheduler_app.runs.history import TRIGGERS, run_context
 
 TRIGGER_SQL = 'substring(%(expressions)s from \'"trigger": "([a-z]+)"\')'
@@ -284,6 +284,10 @@ class RunAdmin(ReadOnly, RunModelAdmin):
                 self.message_user(request, f"{run.task_id[:8]}: {exc}", messages.ERROR)
         if count:
             self.message_user(request, f"{done} {count} run(s).", messages.SUCCESS)
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Run | None:
+        run = super().get_object(request, object_id, from_field)
+        return ledger.fresh(run) if run is not None else None  # a state the recorder has not written yet
 
     def get_urls(self) -> list[Any]:
         view = self.admin_site.admin_view

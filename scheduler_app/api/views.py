@@ -4,6 +4,7 @@ form's, writes are `scheduler_app.services`', and every write leaves an audit en
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, cast
 
 from celery import current_app
@@ -17,7 +18,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -30,10 +31,12 @@ from scheduler_app.api.permissions import RUN_PERMS, SCHEDULE_PERMS, StaffWithMo
 from scheduler_app.beat import slots
 from scheduler_app.models import Run, ScheduleHealth
 from scheduler_app.monitoring import alerts
+from scheduler_app.runs import ledger
 from scheduler_app.runs.history import TRIGGERS
 from scheduler_app.runs.policy import task_policy
 
 MAX_NEXT_RUNS = 100
+RUN_ID = re.compile(r"[0-9a-fA-F-]{8,64}")  # a Celery task id (a uuid)
 
 
 class Conflict(APIException):
@@ -258,6 +261,22 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             runs = runs.filter(date_created__gte=timezone.now() - selectors.SINCE[since])
         return runs
 
+    def get_object(self) -> Run:
+        """A run by its row id or its run id (the uuid `run/` and `retry/` answer); a run
+        the recorder has not written yet is answered from Redis, with `id` null."""
+        key = str(self.kwargs.get(self.lookup_url_kwarg or self.lookup_field, ""))
+        runs = self.filter_queryset(self.get_queryset())
+        run = runs.filter(pk=int(key)).first() if key.isdigit() else None
+        if run is None and RUN_ID.fullmatch(key):
+            run = runs.filter(task_id=key).first()
+            if run is None:
+                found = ledger.latest(key)
+                run = found.as_row(Run) if found is not None else None
+        if run is None:
+            raise NotFound(f"no run {key!r}: give a run's id (a number) or its run id (a uuid).")
+        self.check_object_permissions(self.request, run)
+        return ledger.fresh(run)
+
     @extend_schema(
         parameters=[
             OpenApiParameter("state", str, enum=selectors.RUN_STATES),
@@ -292,7 +311,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         except services.ServiceError as exc:
             raise refused(exc) from None
         audit.record(request.user, "revoke", run, object_type="run")
-        return Response(api.RunSerializer(Run.objects.get(pk=run.pk)).data)
+        return Response(api.RunSerializer(self.get_object()).data)
 
 
 class TaskList(APIView):

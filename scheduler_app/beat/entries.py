@@ -23,7 +23,7 @@ from kombu.utils.json import loads
 
 from scheduler_app.beat import slots
 from scheduler_app.models import POLICY_FIELDS
-from scheduler_app.runs.history import HEADER
+from scheduler_app.runs.context import HEADER
 from scheduler_app.runs.policy import RunPolicy, task_policy
 
 if TYPE_CHECKING:

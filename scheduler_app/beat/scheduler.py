@@ -45,7 +45,7 @@ from scheduler_app.beat.planning import Planner
 from scheduler_app.beat.store import EntryStore
 from scheduler_app.beat.writes import PendingWrites
 from scheduler_app.models import SHARED_SCHEDULES, ScheduleChange
-from scheduler_app.runs.history import HEADER
+from scheduler_app.runs.context import HEADER
 
 logger = logging.getLogger(__name__)
 PRUNE_EVERY = 300.0  # seconds between two prunings of the change log by the leader

@@ -11,7 +11,14 @@ Redis when scraped, so every web process answers the same figures:
   last 15 minutes, by task, as gauge histograms (a window, not a cumulative count: use
   `histogram_quantile()` on the buckets directly, without `rate()`);
 - enabled schedules by health, and the late and failing ones by name (at most 200);
-- the broker, queue depths, workers answering a ping, and each beat's tick, lag and lead.
+- the broker, queue depths, workers answering a ping, and each beat's tick, lag and lead;
+- the run ledger (scheduler_app/runs/recorder.py): the state changes waiting in Redis to
+  be written to TaskResult and the age of the oldest, the events set aside as dead, the
+  seconds since a recorder last reported (absent when none ever did), whether the backlog
+  is over LEDGER_BACKLOG_LIMIT, and `beatkeeper_ledger_recorded_total`: a counter (a
+  total, not a window) of the runs the recorders wrote, kept in Redis, so it survives
+  recorder restarts and goes back to 0 only when Redis loses its keys (`rate()` reads
+  that as a reset).
 
 Every query reads an index range (`date_created` or `date_done`) and at most `ROW_LIMIT`
 rows. The text is cached for `CACHE_SECONDS` in Django's cache, so several Prometheus
@@ -43,8 +50,9 @@ from prometheus_client.utils import floatToGoString
 
 from scheduler_app import broker
 from scheduler_app.beat import leader
+from scheduler_app.connection import redis_client
 from scheduler_app.models import ScheduleHealth
-from scheduler_app.runs import states
+from scheduler_app.runs import ledger, recorder, states
 
 logger = logging.getLogger(__name__)
 COUNT_WINDOW = dt.timedelta(hours=24)
@@ -246,6 +254,40 @@ def beat_state(now: dt.datetime) -> list[Metric]:
     return [since, lag, leads, sent, has_leader]
 
 
+def ledger_state(now: dt.datetime) -> list[Metric]:
+    """The recorder's backlog, read in one Redis round trip (`recorder.backlog`)."""
+    client = redis_client()
+    try:
+        found = recorder.backlog(client)
+    finally:
+        client.close()
+    events = GaugeMetricFamily(
+        "beatkeeper_ledger_backlog_events", "Run state changes in Redis not yet written to TaskResult."
+    )
+    events.add_metric([], found.events)
+    lag = GaugeMetricFamily(
+        "beatkeeper_ledger_lag_seconds", "Age of the oldest run state change not yet written (0 when none)."
+    )
+    lag.add_metric([], found.lag_seconds)
+    dead = GaugeMetricFamily(
+        "beatkeeper_ledger_dead_events", f"Run state changes set aside in {ledger.DEAD} (refused or unreadable)."
+    )
+    dead.add_metric([], found.dead)
+    age = GaugeMetricFamily(
+        "beatkeeper_ledger_recorder_last_report_age_seconds",
+        "Seconds since the recorder last reported: it does every batch, and about every 0.2 s when idle.",
+    )
+    if found.recorder_age is not None:
+        age.add_metric([], found.recorder_age)
+    over = GaugeMetricFamily(
+        "beatkeeper_ledger_backlog_over_limit", "1 when the backlog holds more than LEDGER_BACKLOG_LIMIT changes."
+    )
+    over.add_metric([], 1 if found.over_limit else 0)
+    recorded = CounterMetricFamily("beatkeeper_ledger_recorded", "Runs the recorders wrote to TaskResult.")
+    recorded.add_metric([], found.recorded)
+    return [events, lag, dead, age, over, recorded]
+
+
 # --- the collector ----------------------------------------------------------------------
 
 DATABASE_PARTS: dict[str, Part] = {
@@ -254,7 +296,7 @@ DATABASE_PARTS: dict[str, Part] = {
     "lateness": run_lateness,
     "schedules": schedule_health,
 }
-REDIS_PARTS: dict[str, Part] = {"broker": broker_state, "beat": beat_state}
+REDIS_PARTS: dict[str, Part] = {"broker": broker_state, "beat": beat_state, "ledger": ledger_state}
 
 
 def collect_parts(parts: dict[str, Part], now: dt.datetime) -> tuple[list[Metric], dict[str, tuple[bool, float]]]:

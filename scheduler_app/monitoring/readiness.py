@@ -1,15 +1,17 @@
-"""Readiness: can the platform do its work right now? Four checks, for `/readyz`:
+"""Readiness: can the platform do its work right now? Five checks, for `/readyz`:
 
 - database: a trivial query answers;
 - broker: Redis answers a PING;
 - beat: a beat ticked within READYZ_BEAT_MAX_AGE seconds, and one holds the leader lease;
-- workers: at least one worker answers a ping within a second.
+- workers: at least one worker answers a ping within a second;
+- ledger: the runs' state changes reach TaskResult: the oldest one still waiting in Redis
+  is at most LEDGER_MAX_LAG_SECONDS old, and no more than LEDGER_BACKLOG_LIMIT wait.
 
 Each check is a plain function returning a `Check`; none raises. `check_all` runs them in
 threads under one deadline, so a server that hangs (a blackholed address, a full backlog)
-costs the probe `TIMEOUT` seconds, not the operating system's TCP timeout. Beat and
-workers are read through the broker: when it does not answer they are reported as not
-checked instead of waiting on kombu's connection retries (six seconds and more).
+costs the probe `TIMEOUT` seconds, not the operating system's TCP timeout. Beat, workers
+and the ledger are read through the broker: when it does not answer they are reported as
+not checked instead of waiting on kombu's connection retries (six seconds and more).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from django.conf import settings
 from django.db import connection
 
 from scheduler_app.beat import leader
+from scheduler_app.runs import recorder
 
 TIMEOUT = 2.5  # seconds for all checks together; a probe's timeoutSeconds should be 3 or more
 REDIS_TIMEOUT = 1.0  # connect and read timeout of the probe's own Redis client
@@ -102,6 +105,32 @@ def check_workers(timeout: float = PING_TIMEOUT) -> Check:
     return Check(True, details={"answered": len(replies)})
 
 
+def check_ledger(max_lag: float | None = None) -> Check:
+    """The recorder keeps up: what waits in the stream is young enough and not too much.
+    A recorder that is stopped or stuck, or a database that refuses, shows as lag; dead
+    events are for an operator (metrics, dashboard), not a reason to stop being ready."""
+    max_lag = float(settings.LEDGER_MAX_LAG_SECONDS if max_lag is None else max_lag)
+    client = probe_client()
+    try:
+        found = recorder.backlog(client)
+    finally:
+        client.close()
+    age = round(found.recorder_age, 3) if found.recorder_age is not None else None
+    details = {"backlog": found.events, "lag_seconds": round(found.lag_seconds, 3), "max_lag": max_lag,
+               "dead": found.dead, "recorder": found.recorder, "recorder_age": age}  # fmt: skip
+    problems = []
+    if found.lag_seconds > max_lag:
+        problems.append(f"the oldest unrecorded run state change is {found.lag_seconds:.0f}s old "
+                        f"(limit {max_lag:g}s)")  # fmt: skip
+    if found.over_limit:
+        problems.append(f"{found.events} run state changes wait to be recorded "
+                        f"(limit {int(settings.LEDGER_BACKLOG_LIMIT)})")  # fmt: skip
+    if problems:
+        error = "; ".join(problems) + ": check that `manage.py record_runs` runs and that the database answers"
+        return Check(False, error, details)
+    return Check(True, details=details)
+
+
 def _run_into(results: dict[str, Check], name: str, check: Callable[[], Check]) -> None:
     started = time.monotonic()
     try:
@@ -128,10 +157,11 @@ def run_bounded(checks: dict[str, Callable[[], Check]], deadline: float) -> dict
 
 
 def check_all(timeout: float = TIMEOUT) -> dict[str, Check]:
-    """Database and broker first (together), then beat and workers if the broker answered."""
+    """Database and broker first (together), then beat, workers and the ledger if the broker answered."""
     deadline = time.monotonic() + timeout
     found = run_bounded({"database": check_database, "broker": check_broker}, deadline)
     if not found["broker"].ok:
         skipped = Check(False, "not checked: the broker does not answer")
-        return {**found, "beat": skipped, "workers": skipped}
-    return {**found, **run_bounded({"beat": check_beat, "workers": check_workers}, deadline)}
+        return {**found, "beat": skipped, "workers": skipped, "ledger": skipped}
+    after: dict[str, Callable[[], Check]] = {"beat": check_beat, "workers": check_workers, "ledger": check_ledger}
+    return {**found, **run_bounded(after, deadline)}

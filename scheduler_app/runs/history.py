@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from typing import Any
 
 from celery import states as celery_states
 from celery.signals import before_task_publish, task_prerun, task_revoked
+from django.db import DatabaseError
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from scheduler_app.runs import states
+from scheduler_app.runs import ledger, states
+from scheduler_app.runs.context import HEADER as HEADER
+from scheduler_app.runs.context import context_of, header_of
 
-HEADER = "beatkeeper"
 TRIGGERS = ("beat", "manual", "api", "retry", "direct")  # "by": who asked, for all but beat and direct
 RUNNING = {celery_states.STARTED, states.PROGRESS}
+FINISHED = {celery_states.SUCCESS, celery_states.FAILURE, celery_states.REVOKED, states.SKIPPED, states.EXPIRED}
+logger = logging.getLogger(__name__)
 
 
 @before_task_publish.connect
@@ -39,32 +44,30 @@ def stamp_queued_at(headers: dict[str, Any] | None = None, **kwargs: Any) -> Non
 def attach_run_context(task_id: str = "", task: Any = None, **kwargs: Any) -> None:
     request = task.request
     header = header_of(request)
-    attempts = earlier_attempts(task_id) if request.retries or _redelivered(request) else []
+    again = bool(request.retries) or _redelivered(request)
+    # One read of the run's latest state (Redis first, the row if Redis no longer has it),
+    # only for a run that may have one: a retry, a redelivery, a run queued by the console.
+    before = recorded_run(task_id) if again or header.get("recorded") else None
+    attempts = earlier_attempts(before) if again and before is not None else []
+    # A redelivered message of a run that already finished (its acknowledgement was lost
+    # with the connection) is not run again: PlatformTask acknowledges it (runtime.py).
+    request.finished_before = bool(before is not None and _redelivered(request) and before.status in FINISHED)
     # A run queued from the console was recorded PENDING; if it was revoked while no
     # worker was up to hear it, PlatformTask ends it before it starts (runtime.py).
-    revocation = revocation_of(task_id) if header.get("recorded") else None
+    revocation = revocation_of(before) if before is not None and header.get("recorded") else None
     request.revoked_while_queued = revocation is not None
+    if request.finished_before and before is not None:
+        # The run's own context and attempt: the STARTED Celery writes before PlatformTask
+        # acknowledges the message then ranks below the end already recorded, and is dropped.
+        request.meta = run_context(before)
+        return
     request.meta = {
         **context_of(header, request),
-        "attempt": len(attempts) + 1,
+        # A retry is attempt retries + 1 at least, even when its earlier attempts cannot be
+        # read (Redis no longer has them and the database is away).
+        "attempt": max(len(attempts) + 1, int(request.retries or 0) + 1),
         "attempts": attempts,
         **(revocation or {}),
-    }
-
-
-def header_of(request: Any) -> dict[str, Any]:
-    header = getattr(request, HEADER, None) or (getattr(request, "headers", None) or {}).get(HEADER) or {}
-    return header if isinstance(header, dict) else {}
-
-
-def context_of(header: dict[str, Any], request: Any) -> dict[str, Any]:
-    """The run's facts that travel in its message header."""
-    return {
-        "trigger": header.get("trigger", "direct"),
-        "schedule": header.get("schedule") or getattr(request, "periodic_task_name", None),
-        "scheduled_for": header.get("scheduled_for"),
-        "queued_at": header.get("queued_at"),
-        **{key: header[key] for key in ("by", "retry_of") if header.get(key)},
     }
 
 
@@ -75,7 +78,10 @@ def record_revocation(sender: Any = None, request: Any = None, expired: bool = F
     says what happened and keeps the run's trigger, schedule and who asked."""
     if sender is None or request is None:
         return
-    request.meta = context_of(header_of(request), request)
+    # Written by the worker's main process, after Celery's own REVOKED, which it refines.
+    found = ledger.latest(request.id)
+    request.meta = (found.context() if found is not None else None) or context_of(header_of(request), request)
+    request.bk_refines = True
     if expired:
         result: dict[str, Any] = {"reason": "not started before it expired", "expires": str(request.expires)}
         sender.backend.store_result(request.id, result, states.EXPIRED, request=request)
@@ -84,10 +90,22 @@ def record_revocation(sender: Any = None, request: Any = None, expired: bool = F
         sender.backend.store_result(request.id, result, celery_states.REVOKED, request=request)
 
 
-def revocation_of(task_id: str) -> dict[str, Any] | None:
-    """Who revoked the run and when, if its row says it was revoked before it started."""
-    row = TaskResult.objects.filter(task_id=task_id, status=celery_states.REVOKED).only("meta").first()
-    if row is None:
+def recorded_run(task_id: str) -> TaskResult | None:
+    """The run's latest state: from Redis while it is recent or not yet written, else its
+    row; None if neither has it or the database is away (a run must not wait for it)."""
+    found = ledger.latest(task_id)
+    if found is not None:
+        return found.as_row()
+    try:
+        return TaskResult.objects.filter(task_id=task_id).first()
+    except DatabaseError:
+        logger.warning("run %s: the database is unreachable; its earlier attempts are not carried on", task_id)
+        return None
+
+
+def revocation_of(row: TaskResult) -> dict[str, Any] | None:
+    """Who revoked the run and when, if it was revoked before it started."""
+    if row.status != celery_states.REVOKED:
         return None
     meta = run_context(row)
     return {key: meta[key] for key in ("revoked_by", "revoked_at") if key in meta}
@@ -97,10 +115,7 @@ def _redelivered(request: Any) -> bool:
     return bool((request.delivery_info or {}).get("redelivered"))
 
 
-def earlier_attempts(task_id: str) -> list[dict[str, Any]]:
-    row = TaskResult.objects.filter(task_id=task_id).first()
-    if row is None:
-        return []
+def earlier_attempts(row: TaskResult) -> list[dict[str, Any]]:
     meta = run_context(row)
     earlier = list(meta.get("attempts", []))
     started: dt.datetime | None = row.date_started

@@ -30,7 +30,7 @@ from django.utils import timezone
 from kombu.utils.json import dumps as json_dumps
 
 from scheduler_app.runs import locks, states
-from scheduler_app.runs.history import HEADER
+from scheduler_app.runs.context import HEADER
 from scheduler_app.runs.policy import RunPolicy
 
 if TYPE_CHECKING:
@@ -69,6 +69,10 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         if not self.request.id or self.request.is_eager:
             return super().__call__(*args, **kwargs)  # called directly or eagerly: just run it
+        if getattr(self.request, "finished_before", False):
+            logger.info("%s[%s] already finished; its redelivered message is acknowledged, not run", self.name,
+                        self.request.id)  # fmt: skip
+            raise Ignore()
         if getattr(self.request, "revoked_while_queued", False):
             self._mark(celery_states.REVOKED, {"reason": "revoked before it started"})
             raise Ignore()

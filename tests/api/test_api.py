@@ -316,3 +316,32 @@ def test_it_clears_a_field_given_as_null_and_refuses_odd_numbers(api: Client) ->
     )  # "²" is a digit, not a number
     huge = post(api, "/api/schedules/", {**CRON, "kind": "interval", "every": 3_000_000_000, "period": "seconds"})
     assert huge.status_code == 400 and "every" in huge.json()
+
+
+def test_it_reads_a_run_by_its_run_id_and_one_not_yet_written_from_redis(api: Client) -> None:
+    from celery import current_app
+    from celery.app.task import Context
+
+    from scheduler_app.connection import redis_client
+    from scheduler_app.runs import ledger
+
+    written = finished_run("SUCCESS")
+    assert api.get(f"/api/runs/{written.task_id}/").json()["id"] == written.pk  # the id `run/` answers
+    queued = post(api, f"/api/runs/{written.pk}/retry/").json()["run"]
+    assert api.get(f"/api/runs/{queued}/").json()["state"] == "PENDING"
+    # A run the recorder has not written yet: a worker's SUCCESS, in Redis only.
+    unwritten = str(uuid.uuid4())
+    request = Context(id=unwritten, task="maintenance.log_statistics", meta={"trigger": "beat", "attempt": 1})
+    current_app.backend.store_result(unwritten, {"done": True}, "SUCCESS", request=request)
+    try:
+        shown = api.get(f"/api/runs/{unwritten}/").json()
+        assert (shown["id"], shown["state"], shown["task_name"]) == (None, "SUCCESS", "maintenance.log_statistics")
+        assert shown["context"]["trigger"] == "beat"
+        # The written row with the newer state laid over it: the queued run has finished meanwhile.
+        newer = Context(id=queued, task=written.task_name, meta={"trigger": "retry", "attempt": 1})
+        current_app.backend.store_result(queued, {"done": True}, "SUCCESS", request=newer)
+        assert api.get(f"/api/runs/{queued}/").json()["state"] == "SUCCESS"
+        missing = api.get(f"/api/runs/{uuid.uuid4()}/")
+        assert missing.status_code == 404 and "run id" in missing.json()["detail"]
+    finally:
+        redis_client().delete(ledger.RUN_KEY + unwritten, ledger.RUN_KEY + queued, ledger.STREAM)

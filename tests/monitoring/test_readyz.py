@@ -1,5 +1,6 @@
-"""/readyz: database, broker, beat and workers, each checked within a deadline; 200 when
-all pass, 503 naming what failed. Real worker, beat and Redis processes."""
+"""/readyz: database, broker, beat, workers and the run ledger, each checked within a
+deadline; 200 when all pass, 503 naming what failed. Real worker, beat and Redis processes
+(the ledger's own failures: test_ledger_monitoring.py)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_it_answers_a_probe_that_calls_by_ip_address_within_its_deadline_and_is_
 
     assert response.status_code == 503  # no worker, no beat in this test
     body = response.json()
-    assert set(body["checks"]) == {"database", "broker", "beat", "workers"}
+    assert set(body["checks"]) == {"database", "broker", "beat", "workers", "ledger"}
     assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
     assert body["failing"] == ["beat", "workers"]
     assert body["checks"]["workers"]["error"] == "no worker answered a ping within 1s"
@@ -131,7 +132,7 @@ def test_it_names_the_broker_when_redis_stops_and_is_ready_again_when_it_is_back
 
             server.send_signal(signal.SIGKILL)
             server.wait(10)
-            body = until(503, 10, failing=["broker", "beat", "workers"])
+            body = until(503, 10, failing=["broker", "beat", "workers", "ledger"])
             assert "Connection refused" in body["checks"]["broker"]["error"]
             assert body["checks"]["database"]["ok"]
 

@@ -15,7 +15,7 @@ from project import env
 from scheduler_app.connection import redis_client
 from scheduler_app.local.launcher import Service, Supervisor
 
-STOP_ORDER = ("web", "beat", "worker", "redis")
+STOP_ORDER = ("web", "beat", "worker", "recorder", "redis")  # the recorder writes what the worker sent last
 READY_TIMEOUT = 60.0
 
 
@@ -23,7 +23,7 @@ class Command(BaseCommand):
     help = (
         "Run Beatkeeper locally (what `make run` does): start the embedded Redis when "
         "REDIS_URL is unset, migrate, seed the default tasks, make sure an admin user "
-        "exists, then run web + worker + beat with prefixed logs until Ctrl-C or SIGTERM."
+        "exists, then run web + worker + beat + recorder with prefixed logs until Ctrl-C or SIGTERM."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -105,6 +105,7 @@ def _services(host: str, port: int, stop_timeout: float, concurrency: int) -> li
             stop_timeout=stop_timeout,
             signal_group=False,  # SIGTERM to the main process only: Celery's warm shutdown
         ),
+        Service("recorder", [sys.executable, "manage.py", "record_runs"], stop_timeout=30),
         Service(
             "beat",
             [
