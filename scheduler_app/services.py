@@ -236,17 +236,21 @@ def revoke_run(row: TaskResult, *, by: Any) -> None:
     except BrokerError as exc:
         raise BrokerUnavailable(f"the broker did not answer ({exc}); nothing was revoked. Check Redis.") from None
     meta = {**history.run_context(row), "revoked_by": username(by), "revoked_at": timezone.now().isoformat()}
+    # Redis first, which a worker reads before the row: the revocation refines a RETRY of the
+    # same attempt, and loses to an end that got there first (the run finished meanwhile).
+    request = Context(meta=meta, task=row.task_name, periodic_task_name=row.periodic_task_name, bk_refines=True)
+    try:
+        current_app.backend.store_result(row.task_id, {"reason": "revoked"}, celery_states.REVOKED, request=request)
+        now = ledger.latest(row.task_id)
+    except RedisError as exc:  # the broadcast went out; the row says it, and a worker reads the row
+        logger.warning("run %s: its revocation was not written to Redis (%s)", row.task_id, exc)
+        now = None
+    if now is not None and now.status != celery_states.REVOKED:
+        raise ServiceError(f"run {row.task_id} ended ({now.status}) before the revocation reached it.")
     if row.pk is not None:
         TaskResult.objects.filter(pk=row.pk, status__in=REVOCABLE).update(
             status=celery_states.REVOKED, date_done=timezone.now(), meta=json.dumps(meta)
         )
-    # And on the fast side, which a worker reads before the row (and the recorder writes last).
-    # It refines a RETRY or another end of the same attempt, so it replaces that state.
-    request = Context(meta=meta, task=row.task_name, periodic_task_name=row.periodic_task_name, bk_refines=True)
-    try:
-        current_app.backend.store_result(row.task_id, {"reason": "revoked"}, celery_states.REVOKED, request=request)
-    except RedisError as exc:  # revoked and its row written; a worker that has it reads its REVOKED row
-        logger.warning("run %s: its revocation was not written to Redis (%s)", row.task_id, exc)
 
 
 # --- Sending ---------------------------------------------------------------------------

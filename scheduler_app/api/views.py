@@ -16,6 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django_celery_beat.models import PeriodicTask
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from redis.exceptions import RedisError
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, ValidationError
@@ -270,7 +271,10 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         if run is None and RUN_ID.fullmatch(key):
             run = runs.filter(task_id=key).first()
             if run is None:
-                found = ledger.latest(key)
+                try:
+                    found = ledger.latest(key)
+                except RedisError:  # Redis away: only written runs can be found
+                    found = None
                 run = found.as_row(Run) if found is not None else None
         if run is None:
             raise NotFound(f"no run {key!r}: give a run's id (a number) or its run id (a uuid).")

@@ -275,7 +275,7 @@ def ledger_state(now: dt.datetime) -> list[Metric]:
     dead.add_metric([], found.dead)
     age = GaugeMetricFamily(
         "beatkeeper_ledger_recorder_last_report_age_seconds",
-        "Seconds since the recorder last reported: it does every batch, and about every 0.2 s when idle.",
+        "Seconds since the recorder last reported: it does every batch, and about every 0.25 s when idle.",
     )
     if found.recorder_age is not None:
         age.add_metric([], found.recorder_age)

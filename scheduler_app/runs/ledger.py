@@ -58,8 +58,8 @@ FINAL_PHASE = 5  # SUCCESS, FAILURE, RETRY, REVOKED, SKIPPED, EXPIRED, IGNORED: 
 
 # KEYS: the run's hash, the stream. ARGV: rank, "1" final / "0" not / "r" refines (see
 # newer()), the event, date_started ("" if this write does not start the attempt), the
-# hash's lifetime, the state. Answers the stream entry's id, or 0 when the write does not
-# replace what the run already has.
+# hash's lifetime, the state. Answers the stream entry's id (kept in the hash as `entry`),
+# or 0 when the write does not replace what the run already has.
 _STORE = """
 local current = redis.call('HMGET', KEYS[1], 'rank', 'status')
 if current[1] then
@@ -73,7 +73,9 @@ end
 redis.call('HSET', KEYS[1], 'rank', ARGV[1], 'status', ARGV[6], 'event', ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'started', ARGV[4]) end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-return redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
+local entry = redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
+redis.call('HSET', KEYS[1], 'entry', entry)
+return entry
 """
 
 
@@ -241,11 +243,16 @@ class LedgerBackend(DatabaseBackend):
 
     def _store_result(self, task_id: str, result: Any, status: str, traceback: str | None = None,
                       request: Any = None, using: str | None = None) -> Any:  # fmt: skip
+        if request is not None and getattr(request, "finished_before", False):
+            return result  # a finished run's redelivered message: acknowledged, nothing to record
         client = _client()
         content_type, content_encoding, encoded = self.encode_content(result)
         context = dict(getattr(request, "meta", None) or {}) if request is not None else {}
         if not context:  # written by a process that did not run it (the worker's main process, the console)
             context = self._context_elsewhere(task_id, request, client)
+        retries = getattr(request, "retries", None)
+        if isinstance(retries, int) and retries > 0:  # a retry's states rank in its own attempt, whoever writes them
+            context["attempt"] = max(rank_of(status, context.get("attempt")) // 10, retries + 1)
         meta = {**context, "children": self.current_task_children(request)}
         extended = getattr(request, "bk_extended", None) if request is not None else None
         if extended is None:  # name, arguments and worker: encoded once per run, not per state
@@ -304,9 +311,10 @@ class LedgerBackend(DatabaseBackend):
         """The run's context for a write from a process that did not run it: what the run
         already has, else what its message header says."""
         found = latest(task_id, client)
-        if found is not None and found.context():
-            return found.context()
-        return context_of(header_of(request), request) if request is not None else {}
+        context = found.context() if found is not None else {}
+        if not context:
+            context = context_of(header_of(request), request) if request is not None else {}
+        return context
 
     def meta_from_decoded(self, meta: dict[str, Any]) -> dict[str, Any]:
         """A REVOKED run's result is the platform's `{"reason", ...}`, not an exception: read it

@@ -52,10 +52,17 @@ AWAY = (OperationalError, InterfaceError)  # the database is unreachable: try th
 DRAIN_SECONDS = 10.0  # on SIGTERM, what is queued is written for at most this long before it stops
 ADVISORY_LOCK = 0x6265_6174_6B65  # PostgreSQL: recorders' write transactions one at a time
 
-# Shorten a run's fast-side state to its recorded lifetime, unless a newer state came meanwhile
-# (that one is not written yet: it keeps the long lifetime until its own batch is).
+# Shorten a run's fast-side state to its recorded lifetime if its latest write is one this
+# batch read (its stream entry); a state written since keeps the long lifetime until its own
+# batch is written.
 _RECORDED = """
-if redis.call('HGET', KEYS[1], 'rank') == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if entry then
+  for i = 2, #ARGV do
+    if entry == ARGV[i] then return redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+  end
+end
+return 0
 """
 
 
@@ -91,6 +98,8 @@ def parse(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
     rank = int(data["rank"]) if "rank" in data else ledger.rank_of(status, ledger.attempt_in(meta))
     at = dt.datetime.fromisoformat(data["at"])
     started = dt.datetime.fromisoformat(data["started"]) if data.get("started") else None
+    if at.tzinfo is None or (started is not None and started.tzinfo is None):
+        raise ValueError("its times have no time zone")
     final = ledger.phase_of(status) == ledger.FINAL_PHASE
     return Event(entry_id, str(data["id"]), at, started, columns, rank, final, raw, bool(data.get("refines")))
 
@@ -316,16 +325,17 @@ class Recorder:
             except Exception as exc:  # noqa: BLE001  (whatever is wrong with it, it is set aside, not retried for ever)
                 broken.append((entry_id, fields.get(b"e", b""), f"not a ledger event: {exc!r}"[:500]))
         runs = fold(events)
+        refused: list[tuple[bytes, bytes, str]] = []
         try:
             written = write(runs)
         except AWAY:
             raise
-        except (DatabaseError, ValueError) as exc:  # one event the database refuses: find it, set it aside
+        except (DatabaseError, ValueError, TypeError) as exc:  # one event the database refuses: find it
             logger.error("recorder: the batch was refused (%s); writing its runs one by one", exc)
             written, refused = self._one_by_one(runs, events)
-            broken += refused
-        self.dead_letter(broken)
-        self.acknowledge(entries, runs)
+        self.dead_letter(broken + refused)
+        refused_runs = frozenset(json.loads(raw).get("id", "") for _, raw, _ in refused)
+        self.acknowledge(entries, events, refused_runs)
         self.recorded += written
         self._status(recorded=written)
         return len(entries)
@@ -337,7 +347,7 @@ class Recorder:
                 written += write({task_id: run})
             except AWAY:
                 raise
-            except (DatabaseError, ValueError) as exc:
+            except (DatabaseError, ValueError, TypeError) as exc:
                 refused += [(e.entry_id, e.raw, f"{type(exc).__name__}: {exc}"[:500]) for e in events
                             if e.task_id == task_id]  # fmt: skip
         return written, refused
@@ -347,16 +357,22 @@ class Recorder:
             logger.error("recorder: event %s set aside in %s: %s", entry_id.decode(), ledger.DEAD, error)
             self.client.xadd(ledger.DEAD, {"e": raw, "error": error, "entry": entry_id})
 
-    def acknowledge(self, entries: list[tuple[bytes, dict[bytes, bytes]]], runs: dict[str, Run]) -> None:
+    def acknowledge(self, entries: list[tuple[bytes, dict[bytes, bytes]]], events: list[Event],
+                    refused: frozenset[str] = frozenset()) -> None:  # fmt: skip
+        """XACK + XDEL the batch; shorten the lifetime of what was written (not of a run set aside)."""
         ids = [entry_id for entry_id, _ in entries]
         if not ids:
             return
+        read: dict[str, list[bytes]] = {}
+        for event in events:
+            if event.task_id not in refused:
+                read.setdefault(event.task_id, []).append(event.entry_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.xack(ledger.STREAM, GROUP, *ids)
         pipe.xdel(ledger.STREAM, *ids)
         lifetime = ledger.recorded_lifetime()
-        for task_id, run in runs.items():
-            self._expire(keys=[ledger.RUN_KEY + task_id], args=[run.event.rank, lifetime], client=pipe)
+        for task_id, entry_ids in read.items():
+            self._expire(keys=[ledger.RUN_KEY + task_id], args=[lifetime, *entry_ids], client=pipe)
         pipe.execute()
 
     def check_backlog(self) -> None:

@@ -175,9 +175,9 @@ def test_the_recorder_shortens_only_what_it_wrote() -> None:
     recorder.pending_first = False  # nothing is pending: read what is new
     entries = recorder.read()  # both runs' first states are in this batch
     store(newer, celery_states.SUCCESS, {"done": 1})  # ... and this one comes after the read
-    runs = fold(parse(entry_id, fields) for entry_id, fields in entries)
-    write(runs)
-    recorder.acknowledge(entries, runs)
+    events = [parse(entry_id, fields) for entry_id, fields in entries]
+    write(fold(events))
+    recorder.acknowledge(entries, events)
     recorder.release()
     assert 0 < client.ttl(ledger.RUN_KEY + written) <= ledger.recorded_lifetime()
     assert client.ttl(ledger.RUN_KEY + newer) > ledger.recorded_lifetime()  # its SUCCESS is not written yet
@@ -222,3 +222,41 @@ def test_a_revocation_after_the_end_does_not_replace_it_but_refines_celerys_bare
     assert row(finished).status == "SUCCESS"
     assert row(revoked).status == "REVOKED"
     assert json.loads(row(revoked).result or "{}") == {"reason": "revoked", "terminated": True}
+
+
+def test_a_finished_runs_redelivery_writes_nothing_once_redis_let_the_run_go(settings: Any) -> None:
+    settings.LEDGER_STARTED_DELAY = 0
+    task = current_app.tasks[TASK]
+    task_id = str(uuid.uuid4())
+    store(task_id, celery_states.SUCCESS, {"done": 1})
+    record_all()
+    redis_client().delete(ledger.RUN_KEY + task_id)  # its recorded lifetime is over: only the row has it
+    redelivered = request(task_id, delivery_info={"routing_key": "celery", "redelivered": True}, meta={})
+    task.push_request(**redelivered.__dict__)
+    try:
+        history.attach_run_context(task_id=task_id, task=task)
+        store(task_id, celery_states.STARTED, {"pid": 2}, task.request)
+    finally:
+        task.pop_request()
+    assert redis_client().exists(ledger.RUN_KEY + task_id) == 0
+    assert redis_client().xlen(ledger.STREAM) == 0
+    assert AsyncResult(task_id).state == "SUCCESS"  # from the row
+
+
+def test_a_state_of_the_same_rank_written_after_the_read_keeps_its_long_lifetime() -> None:
+    client = redis_client()
+    task_id = str(uuid.uuid4())
+    store(task_id, states.PROGRESS, {"percent": 10})
+    recorder = Recorder(batch=500)
+    assert recorder.lead()
+    recorder.pending_first = False
+    entries = recorder.read()
+    store(task_id, states.PROGRESS, {"percent": 20})  # same rank, after the read: not written yet
+    events = [parse(entry_id, fields) for entry_id, fields in entries]
+    write(fold(events))
+    recorder.acknowledge(entries, events)
+    recorder.release()
+    assert client.ttl(ledger.RUN_KEY + task_id) > ledger.recorded_lifetime()
+    record_all()
+    assert json.loads(row(task_id).result or "{}")["percent"] == 20
+    assert 0 < client.ttl(ledger.RUN_KEY + task_id) <= ledger.recorded_lifetime()

@@ -14,7 +14,7 @@ class Command(BaseCommand):
     help = (
         "Run the recorder: write the runs' state changes from Redis (the stream bk:ledger) to "
         "TaskResult in batches. Run one or more (one records, the others stand by); SIGTERM or "
-        "Ctrl-C finishes the batch at hand and stops."
+        "Ctrl-C writes what is queued (for up to 10 s) and stops."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
