@@ -51,6 +51,7 @@ COLUMNS = (
     "status", "result", "traceback", "meta", "content_type", "content_encoding",
     "task_name", "task_args", "task_kwargs", "worker", "periodic_task_name",
 )  # fmt: skip
+IDENTITY = ("task_name", "task_args", "task_kwargs", "worker", "periodic_task_name")  # kept when a write lacks them
 # WAITING ranks with STARTED: a run waiting for the lock was STARTED first, and starts again.
 PHASES = {celery_states.PENDING: 0, celery_states.RECEIVED: 1, states.WAITING: 3, celery_states.STARTED: 3,
           states.PROGRESS: 4}  # fmt: skip
@@ -83,12 +84,20 @@ def phase_of(status: str) -> int:
     return PHASES.get(status, FINAL_PHASE)
 
 
-def rank_of(status: str, attempt: Any) -> int:
+def attempt_number(attempt: Any) -> int:
+    """A stored attempt as a number (1 when missing or not a number)."""
     try:
-        number = max(0, int(attempt or 1))
+        return max(0, int(attempt or 1))
     except (TypeError, ValueError):
-        number = 1
-    return number * 10 + phase_of(status)
+        return 1
+
+
+def rank_of(status: str, attempt: Any) -> int:
+    return attempt_number(attempt) * 10 + phase_of(status)
+
+
+def attempt_of(rank: int) -> int:
+    return rank // 10
 
 
 REFINABLE = frozenset({celery_states.REVOKED, celery_states.RETRY})  # what a refining write may replace
@@ -181,13 +190,13 @@ def _client() -> redis.Redis:
 
 def event_lifetime() -> int:
     """Seconds a run's fast-side state lives unwritten: long enough for any database outage."""
-    return int(getattr(settings, "LEDGER_UNRECORDED_TTL", 7 * 86400))
+    return int(settings.LEDGER_UNRECORDED_TTL)
 
 
 def recorded_lifetime() -> int:
     """Seconds a run's fast-side state stays once its row is written (retries and
     redeliveries within it read Redis, not the database)."""
-    return int(getattr(settings, "LEDGER_RECORDED_TTL", 300))
+    return int(settings.LEDGER_RECORDED_TTL)
 
 
 class _Held:
@@ -199,7 +208,6 @@ class _Held:
         self.pid = 0
         self.lock = threading.Lock()
         self.pending: dict[str, tuple[float, Callable[[], None]]] = {}
-        self.wake = threading.Event()
 
     def hold(self, task_id: str, send: Callable[[], None], delay: float) -> None:
         if self.pid != os.getpid():
@@ -252,7 +260,7 @@ class LedgerBackend(DatabaseBackend):
             context = self._context_elsewhere(task_id, request, client)
         retries = getattr(request, "retries", None)
         if isinstance(retries, int) and retries > 0:  # a retry's states rank in its own attempt, whoever writes them
-            context["attempt"] = max(rank_of(status, context.get("attempt")) // 10, retries + 1)
+            context["attempt"] = max(attempt_number(context.get("attempt")), retries + 1)
         meta = {**context, "children": self.current_task_children(request)}
         extended = getattr(request, "bk_extended", None) if request is not None else None
         if extended is None:  # name, arguments and worker: encoded once per run, not per state
@@ -267,10 +275,7 @@ class LedgerBackend(DatabaseBackend):
             "meta": self.encode_content(meta)[2],
             "content_type": content_type,
             "content_encoding": content_encoding,
-            **{
-                key: extended.get(key)
-                for key in ("task_name", "task_args", "task_kwargs", "worker", "periodic_task_name")
-            },  # fmt: skip
+            **{key: extended.get(key) for key in IDENTITY},
         }
         started = ""
         if status == celery_states.STARTED:
@@ -299,7 +304,7 @@ class LedgerBackend(DatabaseBackend):
         def send() -> None:
             script(keys=[RUN_KEY + task_id, STREAM], args=args)
 
-        delay = float(getattr(settings, "LEDGER_STARTED_DELAY", 0))
+        delay = float(settings.LEDGER_STARTED_DELAY)
         if status == celery_states.STARTED and delay > 0 and request is not None:
             _held.hold(task_id, send, delay)  # a run that ends within the delay is one write
         else:
@@ -348,13 +353,13 @@ class LedgerBackend(DatabaseBackend):
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         """The fast side first (a run not yet written, or just written), then the row."""
-        found = latest(task_id, _client())
+        found = latest(task_id)
         if found is not None:
             columns = found.columns
             meta: dict[str, Any] = {
                 "task_id": task_id,
                 "status": found.status,
-                "result": self.decode_content(_Stored(columns), columns.get("result")),
+                "result": self.decode_content(found.as_row(), columns.get("result")),
                 "traceback": columns.get("traceback"),
                 "date_done": found.date_done,
                 "children": [],
@@ -366,21 +371,6 @@ class LedgerBackend(DatabaseBackend):
             return dict(super()._get_task_meta_for(task_id))
         except DatabaseError:  # the database is away: the run is not known here yet
             return {"status": celery_states.PENDING, "result": None, "task_id": task_id}
-
-
-@dataclass(frozen=True)
-class _Stored:
-    """What decode_content reads of a row: its content type and encoding."""
-
-    columns: dict[str, Any]
-
-    @property
-    def content_type(self) -> Any:
-        return self.columns.get("content_type")
-
-    @property
-    def content_encoding(self) -> Any:
-        return self.columns.get("content_encoding")
 
 
 def fresh(row: _Row) -> _Row:
@@ -398,7 +388,7 @@ def fresh(row: _Row) -> _Row:
         return row
     for key in COLUMNS:
         value = found.columns.get(key)
-        if value is not None or key not in ("task_name", "task_args", "task_kwargs", "worker", "periodic_task_name"):
+        if value is not None or key not in IDENTITY:
             setattr(row, key, value)
     row.date_started = found.date_started or row.date_started
     row.date_done = found.date_done or row.date_done

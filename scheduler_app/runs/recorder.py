@@ -47,7 +47,7 @@ GROUP = "recorder"
 CONSUMER = "recorder"  # one name: whichever recorder leads reads the pending entries of the one before
 LEASE_KEY = "bk:recorder:lease"
 STATUS_KEY = "bk:recorder:status"
-IDENTITY = ("task_name", "task_args", "task_kwargs", "worker", "periodic_task_name")  # kept when a write lacks them
+IDENTITY = ledger.IDENTITY
 AWAY = (OperationalError, InterfaceError)  # the database is unreachable: try the batch again
 DRAIN_SECONDS = 10.0  # on SIGTERM, what is queued is written for at most this long before it stops
 ADVISORY_LOCK = 0x6265_6174_6B65  # PostgreSQL: recorders' write transactions one at a time
@@ -116,7 +116,7 @@ def fold(events: Iterable[Event]) -> dict[str, Run]:
             run.event = event
         run.first_at = min(run.first_at, event.started or event.at)  # a short run's one write carries its start
         run.identity.update({key: event.columns[key] for key in IDENTITY if event.columns.get(key) is not None})
-        if event.started is not None and event.rank // 10 == run.event.rank // 10:
+        if event.started is not None and ledger.attempt_of(event.rank) == ledger.attempt_of(run.event.rank):
             run.started = event.started
     return runs
 
@@ -152,7 +152,7 @@ def write(runs: dict[str, Run]) -> int:
                     continue
             identity = {key: (row or {}).get(key) for key in IDENTITY} | run.identity
             columns = run.event.columns | identity
-            same_attempt = row is not None and ledger.attempt_in(row["meta"]) == run.event.rank // 10
+            same_attempt = row is not None and ledger.attempt_in(row["meta"]) == ledger.attempt_of(run.event.rank)
             started = run.started or (row["date_started"] if same_attempt and row else None)
             values.append(
                 [

@@ -101,21 +101,27 @@ def test_a_late_started_never_replaces_the_end_and_a_retry_from_elsewhere_cannot
     assert history.run_context(row(task_id))["trigger"] == "beat"
 
 
-def test_a_redelivered_run_that_had_finished_is_acknowledged_and_stays_finished(settings: Any) -> None:
-    settings.LEDGER_STARTED_DELAY = 0
+def redeliver_and_start(task_id: str) -> bool:
+    """What a worker does with a redelivered message of the run up to its body: the run
+    context, then Celery's STARTED. Answers whether it took the run as finished before."""
     task = current_app.tasks[TASK]
-    task_id = str(uuid.uuid4())
-    store(task_id, celery_states.SUCCESS, {"done": 1})
-    record_all()
     redelivered = request(task_id, delivery_info={"routing_key": "celery", "redelivered": True}, meta={})
     redelivered.headers = {"beatkeeper": {"trigger": "beat", "schedule": "nightly"}}
     task.push_request(**redelivered.__dict__)
     try:
         history.attach_run_context(task_id=task_id, task=task)
-        assert getattr(task.request, "finished_before", None) is True
         store(task_id, celery_states.STARTED, {"pid": 2}, task.request)  # what Celery writes before the body
+        return bool(getattr(task.request, "finished_before", False))
     finally:
         task.pop_request()
+
+
+def test_a_redelivered_run_that_had_finished_is_acknowledged_and_stays_finished(settings: Any) -> None:
+    settings.LEDGER_STARTED_DELAY = 0
+    task_id = str(uuid.uuid4())
+    store(task_id, celery_states.SUCCESS, {"done": 1})
+    record_all()
+    assert redeliver_and_start(task_id) is True
     assert AsyncResult(task_id).state == "SUCCESS"
     record_all()
     assert row(task_id).status == "SUCCESS"
@@ -226,18 +232,11 @@ def test_a_revocation_after_the_end_does_not_replace_it_but_refines_celerys_bare
 
 def test_a_finished_runs_redelivery_writes_nothing_once_redis_let_the_run_go(settings: Any) -> None:
     settings.LEDGER_STARTED_DELAY = 0
-    task = current_app.tasks[TASK]
     task_id = str(uuid.uuid4())
     store(task_id, celery_states.SUCCESS, {"done": 1})
     record_all()
     redis_client().delete(ledger.RUN_KEY + task_id)  # its recorded lifetime is over: only the row has it
-    redelivered = request(task_id, delivery_info={"routing_key": "celery", "redelivered": True}, meta={})
-    task.push_request(**redelivered.__dict__)
-    try:
-        history.attach_run_context(task_id=task_id, task=task)
-        store(task_id, celery_states.STARTED, {"pid": 2}, task.request)
-    finally:
-        task.pop_request()
+    redeliver_and_start(task_id)
     assert redis_client().exists(ledger.RUN_KEY + task_id) == 0
     assert redis_client().xlen(ledger.STREAM) == 0
     assert AsyncResult(task_id).state == "SUCCESS"  # from the row
