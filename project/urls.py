@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
+from scheduler_app.admin import deadletters
 from scheduler_app.admin.dashboard import dashboard_view, panel_view
 
 admin.site.site_header = "Beatkeeper"
@@ -12,6 +13,7 @@ admin.site.index_title = "Operations console"
 urlpatterns = [
     path("admin/dashboard/", admin.site.admin_view(dashboard_view), name="beatkeeper-dashboard"),
     path("admin/dashboard/panel/", admin.site.admin_view(panel_view), name="beatkeeper-dashboard-panel"),
+    path("admin/dead-letters/", include(deadletters.urls())),
     path("admin/", admin.site.urls),
     path("api/", include("scheduler_app.api.urls")),
 ]

@@ -11,6 +11,7 @@ class SchedulerAppConfig(AppConfig):
     def ready(self) -> None:
         # Signal handlers: run context and expiry (history), the progress throttle (runtime),
         # the unacked-message heartbeat, the start-up health check, the schedule change log
-        # beat reloads from; beat's configuration check.
+        # beat reloads from; beat's configuration check; the Redis bound of web requests (connection).
+        from scheduler_app import connection  # noqa: F401
         from scheduler_app.beat import changes, checks  # noqa: F401
         from scheduler_app.runs import heartbeat, history, runtime, startup  # noqa: F401

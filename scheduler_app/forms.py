@@ -9,7 +9,6 @@ operator never picks one from a drop-down of every row (django-celery-beat #407)
 from __future__ import annotations
 
 import datetime as dt
-import json
 import zoneinfo
 from functools import cache
 from typing import TYPE_CHECKING, Any, cast
@@ -21,7 +20,7 @@ from django.utils import timezone
 from django_celery_beat import validators
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
-from scheduler_app import schedules, services
+from scheduler_app import limits, schedules, services
 from scheduler_app.beat import slots
 
 KINDS = [("crontab", "crontab"), ("interval", "interval"), ("clocked", "one-off (at a moment)"), ("solar", "solar")]
@@ -31,6 +30,12 @@ CRON_FIELDS = {
     "day_of_month": (validators.day_of_month_validator, "1-31", "1,15"),
     "month_of_year": (validators.month_of_year_validator, "1-12", "*/3"),
     "day_of_week": (validators.day_of_week_validator, "0-6 (0 = Sunday) or mon-sun", "mon-fri"),
+}
+KIND_FIELDS = {
+    "crontab": ("minute", "hour", "day_of_month", "month_of_year", "day_of_week", "cron_timezone"),
+    "interval": ("every", "period"),
+    "clocked": ("clocked_time",),
+    "solar": ("solar_event", "latitude", "longitude"),
 }
 PREVIEW_COUNT = 5
 
@@ -54,7 +59,11 @@ def task_choices(current: str | None = None) -> list[tuple[str, str]]:
 
 
 class ScheduleForm(PeriodicTaskForm):
+    check_queue = True  # ask the workers whether they consume the queue (a warning if none does)
     task = forms.ChoiceField(help_text="One of the tasks the workers of this project can run.")
+    description = forms.CharField(
+        required=False, max_length=limits.MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2, "cols": 60})
+    )
     kind = forms.ChoiceField(choices=KINDS, initial="crontab", label="Schedule", widget=forms.RadioSelect)
     minute = forms.CharField(initial="*", required=False, max_length=240)
     hour = forms.CharField(initial="*", required=False, max_length=96)
@@ -88,18 +97,21 @@ class ScheduleForm(PeriodicTaskForm):
         self.fields["cron_timezone"].widget.attrs["list"] = "beatkeeper-zones"
         self.fields["priority"].help_text = "0 (first) to 9 (last); empty: 5."
         self.schedule_row: slots.ScheduleRow | None = None
-        if self.instance.pk and not self.is_bound:
+        self.warnings: list[str] = []  # accepted, but worth a word (a queue no worker reads)
+        if self.instance.pk:  # bound too: what changed is judged against the schedule as it was
             self.initial.update(initial_schedule(self.instance))
 
     # --- field checks --------------------------------------------------------------------
     def clean_args(self) -> str:
-        return json_text(self.cleaned_data.get("args"), list, 'a JSON list, e.g. [1, "two"]', "[]")
+        return json_text("args", self.cleaned_data.get("args"), list, 'a JSON list, e.g. [1, "two"]', "[]")
 
     def clean_kwargs(self) -> str:
-        return json_text(self.cleaned_data.get("kwargs"), dict, 'a JSON object, e.g. {"days": 7}', "{}")
+        return json_text("kwargs", self.cleaned_data.get("kwargs"), dict, 'a JSON object, e.g. {"days": 7}', "{}")
 
     def clean_headers(self) -> str:
-        return json_text(self.cleaned_data.get("headers"), dict, 'a JSON object, e.g. {"team": "ops"}', "{}")
+        raw = self.cleaned_data.get("headers")
+        expected = 'a JSON object, e.g. {"team": "ops"}'
+        return json_text("headers", raw, dict, expected, "{}", max_bytes=limits.MAX_HEADERS_BYTES)
 
     def clean_priority(self) -> int | None:
         priority = self.cleaned_data.get("priority")
@@ -112,9 +124,15 @@ class ScheduleForm(PeriodicTaskForm):
         kind = data.get("kind")
         build = {"crontab": self._crontab, "interval": self._interval, "clocked": self._clocked, "solar": self._solar}
         if kind in build:
+            self.refuse_other_kinds(cast(str, kind), data)
             self.schedule_row = build[kind](data)
         if data.get("expires") and data.get("expire_seconds") is not None:
             self.add_error("expire_seconds", "Give an expiry time or expiry seconds, not both.")
+        self.refuse_the_past(data)
+        if kind == "clocked":
+            data["one_off"] = True  # a clocked schedule runs once: one-off by itself
+        if self.check_queue and data.get("queue") and (not self.instance.pk or "queue" in self.changed_data):
+            self.warnings += services.queue_warnings(data["queue"])
         if self.schedule_row is not None:
             try:
                 slots.timetable(self.schedule_row)
@@ -125,6 +143,36 @@ class ScheduleForm(PeriodicTaskForm):
             setattr(self.instance, cast(str, kind), self.schedule_row)  # a row was built: kind is one of build's
             self.instance.one_off = self.instance.one_off or kind == "clocked"
         return data
+
+    def refuse_other_kinds(self, kind: str, data: dict[str, Any]) -> None:
+        """A value set in another kind's fields is left out, and said so in a warning. Not
+        refused: the admin's page posts every kind's fields and hides the others' (a value
+        typed before the kind was switched is still sent), so only a value set here (not
+        the field's default, nor what the schedule had before its kind changed) is named.
+        The API, which knows what was sent, refuses such a field (api/serializers.py)."""
+        named = []
+        for other, names in KIND_FIELDS.items():
+            for name in names if other != kind else ():
+                value = data.get(name)
+                if value in (None, "") or value == self.fields[name].initial or name not in self.changed_data:
+                    continue
+                named.append(f"{self.fields[name].label or name} ({other})")
+        if named:
+            self.warnings.append(f"Left out, as the schedule is {kind}: {', '.join(named)}.")
+
+    def refuse_the_past(self, data: dict[str, Any]) -> None:
+        """An expiry or a one-off moment already past, set now, means a schedule that never
+        runs. One kept as it was (an expired schedule edited otherwise) is no news."""
+        now, task = timezone.now(), self.instance
+        expires = data.get("expires")
+        if expires and expires <= now and not same_moment(expires, task.expires if task.pk else None):
+            self.add_error("expires", f"{expires:%Y-%m-%d %H:%M %Z} is in the past: the schedule would never run. "
+                                      "Give a later moment, or none.")  # fmt: skip
+        moment = data.get("clocked_time")
+        before = task.clocked.clocked_time if task.pk and task.clocked_id else None
+        if data.get("kind") == "clocked" and moment and moment <= now and not same_moment(moment, before):
+            self.add_error("clocked_time", f"{moment:%Y-%m-%d %H:%M %Z} is in the past: the one run would never "
+                                           "happen. Give a later moment.")  # fmt: skip
 
     def _crontab(self, data: dict[str, Any]) -> CrontabSchedule | None:
         values, valid = {}, True
@@ -217,15 +265,23 @@ class ScheduleForm(PeriodicTaskForm):
         return {"zone": table.zone, "runs": slots.describe_offsets(times, table.zone)}
 
 
-def json_text(raw: str | None, shape: type, expected: str, empty: str) -> str:
+def json_text(field: str, raw: str | None, shape: type, expected: str, empty: str,
+              max_bytes: int = limits.MAX_JSON_BYTES) -> str:  # fmt: skip
     text = (raw or "").strip() or empty
     try:
-        value = json.loads(text)
+        value = limits.check_json_text(field, text, max_bytes=max_bytes)
+    except limits.LimitExceeded as exc:
+        raise ValidationError(str(exc)) from None
     except ValueError as exc:
         raise ValidationError(f"Not valid JSON ({exc.args[0]}); write {expected}.") from None
     if not isinstance(value, shape):
         raise ValidationError(f"Must be {expected}, not a JSON {type(value).__name__}.")
     return text
+
+
+def same_moment(new: dt.datetime, old: dt.datetime | None) -> bool:
+    """The moment as it was, give or take the seconds' fraction a form does not show."""
+    return old is not None and abs(new - old) < dt.timedelta(seconds=1)
 
 
 def initial_schedule(task: PeriodicTask) -> dict[str, Any]:

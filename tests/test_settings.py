@@ -110,3 +110,41 @@ def test_it_serves_static_files_through_whitenoise_in_production_only() -> None:
     assert manage("shell", "-c", code, **PRODUCTION).stdout.strip().splitlines()[-1] == (
         "whitenoise.middleware.WhiteNoiseMiddleware"
     )
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://h", "redis://h:6379", "redis://h:6379/", "redis://:pw@[::1]:6380/15", "unix:///s.sock?db=3"]
+)
+def test_it_keeps_a_redis_url_with_no_or_a_valid_port_and_database(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    assert env.redis_url("REDIS_URL", "") == url
+
+
+def test_it_tells_an_in_memory_sqlite_name_from_a_file() -> None:
+    assert all(env.in_memory(name) for name in (":memory:", "file::memory:?cache=shared", "file:x?mode=memory"))
+    assert not any(env.in_memory(name) for name in ("/var/lib/bk.sqlite3", "memory.sqlite3"))
+
+
+def test_it_bounds_each_redis_call_of_a_web_request() -> None:
+    """Between Django's request_started and request_finished, clients wait REDIS_REQUEST_TIMEOUT."""
+    from django.conf import settings
+    from django.core.signals import request_finished, request_started
+
+    from scheduler_app import connection
+
+    def waits() -> float:
+        client = connection.redis_client()
+        try:
+            return float(client.connection_pool.connection_kwargs["socket_timeout"])
+        finally:
+            client.close()
+
+    assert waits() == connection.READ_TIMEOUT  # a worker's, beat's, a command's
+    request_started.send(sender=None)
+    try:
+        assert waits() == settings.REDIS_REQUEST_TIMEOUT == 1.5
+        with connection.bounded(0.7):
+            assert waits() == 0.7
+    finally:
+        request_finished.send(sender=None)
+    assert waits() == connection.READ_TIMEOUT

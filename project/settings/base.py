@@ -39,6 +39,7 @@ MIDDLEWARE = [
     "scheduler_app.middleware.ProbeMiddleware",  # /healthz, /readyz, /metrics: before host checks and redirects
     "django.middleware.security.SecurityMiddleware",
     "scheduler_app.middleware.RefuseNulMiddleware",  # a clear 400, not PostgreSQL's 500
+    "scheduler_app.middleware.BodyLimitMiddleware",  # too large a body: a 413 saying the limit, before CSRF reads it
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -46,6 +47,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# One request body at most (scheduler_app/limits.py: MAX_BODY_BYTES); larger ones get a 413 saying so.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
 ROOT_URLCONF = "project.urls"
 WSGI_APPLICATION = "project.wsgi.application"
@@ -86,6 +90,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 EMBEDDED_REDIS_SOCKET = VAR_DIR / "valkey" / "valkey.sock"
 REDIS_URL = env.redis_url("REDIS_URL", f"unix://{EMBEDDED_REDIS_SOCKET}")
 USES_EMBEDDED_REDIS = not env.string("REDIS_URL")
+# Seconds a web request waits for each Redis call (connect, answer, a publish); a hung Redis
+# then costs a request a few seconds and a 503, not a proxy's timeout. Workers, beat and the
+# recorder keep longer timeouts (scheduler_app/connection.py, the broker's transport options).
+REDIS_REQUEST_TIMEOUT = env.number("REDIS_REQUEST_TIMEOUT", 1.5, minimum=0.1)
 
 # --- Auth, i18n, static ---------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -111,7 +119,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["scheduler_app.api.permissions.StaffWithModelPermission"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["scheduler_app.api.parsers.LimitedJSONParser"],  # deep JSON: a 400, not a 500
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "scheduler_app.api.errors.handle",
 }
@@ -142,6 +150,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 5,
     "socket_timeout": 30,
     "health_check_interval": 25,
+    # A sentinel:// REDIS_URL: the service (master_name) and how to reach the sentinels.
+    **env.broker_transport_options(REDIS_URL, socket_timeout=5),
 }
 # Runs are recorded in django-celery-results' TaskResult, but not on the run's path: the
 # backend hands each state change to Redis and `manage.py record_runs` writes them in
@@ -193,6 +203,15 @@ LEDGER_RECORDED_TTL = env.integer("LEDGER_RECORDED_TTL", 300, minimum=10)
 # A run's STARTED is sent this many seconds after it starts, unless it has ended by then
 # (its end carries its start): a short run costs one write instead of two. 0 sends it at once.
 LEDGER_STARTED_DELAY = env.number("LEDGER_STARTED_DELAY", 0.2, minimum=0)
+
+# --- Poison messages (scheduler_app/runs/poison.py) -------------------------------------
+# A message handed to the pool this many times without finishing (its process was killed
+# each time) is set aside in the dead letters instead of being run again.
+WORKER_MAX_DELIVERIES = env.integer("WORKER_MAX_DELIVERIES", 3, minimum=1)
+# Seconds a redelivered message's count is kept between two deliveries.
+WORKER_DELIVERY_TTL = env.integer("WORKER_DELIVERY_TTL", 86400, minimum=60)
+# Dead letters kept in Redis at most; the oldest go first.
+DEAD_LETTERS_MAX = env.integer("DEAD_LETTERS_MAX", 10_000, minimum=1)
 
 # --- Alerts (scheduler_app/monitoring/alerts.py) ---------------------------------------
 # Late, failing and recovered schedules are sent to these channels; none set: no alerts.

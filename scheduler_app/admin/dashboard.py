@@ -3,7 +3,8 @@ seconds (the page fetches its panel again; nothing else reloads). A viewer sees 
 schedule figures with the permission to view schedules, the run figures with the
 permission to view runs. The figures are shared between viewers for a few seconds, and
 those over all kept runs for a minute: they read the whole run table. The run ledger's
-backlog (what the recorder has yet to write) is shown to every viewer, like the workers."""
+backlog (what the recorder has yet to write) is shown to every viewer, like the workers.
+When Redis does not answer, the page says so at the top and shows what the database has."""
 
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ def figures(schedules_too: bool, runs_too: bool) -> dict[str, Any]:
     if data is None:
         slow = cache.get(SLOW_KEY)
         data = selectors.dashboard(timezone.now(), schedules_too=schedules_too, runs_too=runs_too, slow=slow)
-        data["ledger"] = selectors.ledger_status()
         if runs_too:
             if slow is None:  # kept for a minute from when it was computed, not from each view
                 cache.set(SLOW_KEY, {"all": data["all"]}, SLOW_FIGURES_SECONDS)

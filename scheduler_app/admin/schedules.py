@@ -21,7 +21,7 @@ from django.views.decorators.http import require_POST
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import schedules, selectors, services
+from scheduler_app import limits, schedules, selectors, services
 from scheduler_app.admin import display
 from scheduler_app.admin.forms import AdminScheduleForm, ScheduleActionForm, zone_choices
 from scheduler_app.beat import slots
@@ -305,6 +305,8 @@ class ScheduleAdmin(ScheduleModelAdmin):
     # --- writes --------------------------------------------------------------------------
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
+        for warning in getattr(form, "warnings", []):  # saved, but worth a word (a queue no worker reads)
+            self.message_user(request, warning, messages.WARNING)
         services.policy_of(form.instance)  # every schedule made here has its policy row
         if form.instance.enabled:
             services.clear_pause(form.instance)
@@ -320,7 +322,7 @@ class ScheduleAdmin(ScheduleModelAdmin):
             run_id = services.run_now(task, by=request.user)
             self.log_change(request, task, f"Ran now: run {run_id}")
         elif what == "pause":
-            note = request.POST.get("note", "")
+            note = pause_note(request)
             services.pause(task, by=request.user, note=note)
             self.log_change(request, task, f"Paused: {note}" if note else "Paused")
         elif what == "resume":
@@ -331,6 +333,19 @@ class ScheduleAdmin(ScheduleModelAdmin):
             self.log_addition(request, copy, f"Duplicated from {task.name}")
             return copy
         return task
+
+    def response_action(
+        self, request: HttpRequest, queryset: QuerySet[PeriodicTask], *args: Any, **kwargs: Any
+    ) -> HttpResponse | None:
+        """The note is read from the POST as sent: a bad one is refused once, saying why
+        (the action form would only answer "No action selected")."""
+        try:
+            if request.POST.get("action") == "pause":
+                pause_note(request)
+        except services.ServiceError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_action(request, queryset, *args, **kwargs)
 
     def apply_all(self, request: HttpRequest, queryset: QuerySet[PeriodicTask], what: str, done: str) -> None:
         count = 0
@@ -374,6 +389,7 @@ class ScheduleAdmin(ScheduleModelAdmin):
             raise PermissionDenied
         # get_form subclasses self.form, an AdminScheduleForm, for the page's own widgets (split date and time)
         form = cast(AdminScheduleForm, self.get_form(request)(request.GET))
+        form.check_queue = False  # asked on every keystroke: the workers are asked when it is saved
         form.is_valid()
         errors = {field: list(errors) for field, errors in form.errors.items() if field in SCHEDULE_FIELDS}
         if errors or form.schedule_row is None:
@@ -431,6 +447,14 @@ BUTTONS = {
     "resume": "Resumed: it runs from its next slot.",
     "duplicate": "This is a disabled copy; edit it, then enable it.",
 }
+
+
+def pause_note(request: HttpRequest) -> str:
+    note = request.POST.get("note", "")
+    try:
+        return limits.check_text("note", note, limits.MAX_NOTE)
+    except limits.LimitExceeded as exc:
+        raise services.ServiceError(f"{exc} Nothing was paused.") from None
 
 
 def deliveries(incident: Any) -> str:

@@ -26,6 +26,14 @@ RUN_PERMS = {
     "retry": "scheduler_app.retry_run",
     "revoke": "scheduler_app.revoke_run",
 }
+# Dead letters are runs that never ran: seen with the runs, retried as a run is, and
+# discarded (never to run) with the permission to revoke a run.
+DEAD_LETTER_PERMS = {
+    "list": "scheduler_app.view_run",
+    "retrieve": "scheduler_app.view_run",
+    "retry": "scheduler_app.retry_run",
+    "discard": "scheduler_app.revoke_run",
+}
 
 
 class StaffWithModelPermission(BasePermission):

@@ -4,6 +4,7 @@ the same `SchedulePolicy` rules, so both doors accept and refuse the same schedu
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -15,14 +16,37 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from scheduler_app import schedules, selectors, services
-from scheduler_app.forms import KINDS, ScheduleForm, initial_schedule
+from scheduler_app import limits, schedules, selectors, services
+from scheduler_app.forms import KIND_FIELDS, KINDS, ScheduleForm, initial_schedule
 from scheduler_app.models import POLICY_FIELDS, Run, SchedulePolicy
 from scheduler_app.runs import history, states
 
 POLICY_API_FIELDS = (*POLICY_FIELDS, "late_after", "alert_after_failures", "pause_after_failures")
 MESSAGE_FIELDS = ("queue", "priority", "expires", "expire_seconds", "start_time", "one_off")
 FORM_NAMES = {"timezone": "cron_timezone"}  # API name -> form name
+API_NAMES = {form: api for api, form in FORM_NAMES.items()}
+
+
+def refuse_unknown(serializer: serializers.BaseSerializer[Any], data: Any, echoed: Iterable[str] = ()) -> None:
+    """A field the serializer does not take is refused, naming the ones it does: a typo
+    (`enabeld`, `minuet`) must not be ignored in silence. The `echoed` names, read-only
+    fields of what the API answers, are ignored: a client may send back what it read."""
+    if not isinstance(data, Mapping):
+        return  # DRF's own check answers "expected a dictionary"
+    fields = getattr(serializer, "fields", {})
+    allowed = [name for name, field in fields.items() if not field.read_only]
+    unknown = sorted(str(name) for name in data if name not in allowed and name not in echoed)
+    if unknown:
+        hint = f"unknown field; the fields taken here are {', '.join(allowed)}."
+        raise serializers.ValidationError({name: [hint] for name in unknown})
+
+
+def check_json(field: str, value: Any, max_bytes: int = limits.MAX_JSON_BYTES) -> Any:
+    try:
+        limits.check_json(field, value, max_bytes=max_bytes)
+    except limits.LimitExceeded as exc:
+        raise serializers.ValidationError(str(exc)) from None
+    return value
 
 
 class PolicySerializer(serializers.ModelSerializer[SchedulePolicy]):
@@ -34,13 +58,17 @@ class PolicySerializer(serializers.ModelSerializer[SchedulePolicy]):
         model = SchedulePolicy
         fields = [*POLICY_API_FIELDS, "owner"]
 
+    def to_internal_value(self, data: Any) -> Any:
+        refuse_unknown(self, data)
+        return super().to_internal_value(data)
+
 
 class ScheduleWriteSerializer(serializers.Serializer[PeriodicTask]):
     """A schedule to create or change. `kind` picks which schedule fields apply."""
 
     name = serializers.CharField(max_length=200)
     task = serializers.CharField(max_length=200, help_text="A registered task (GET /api/tasks/).")
-    description = serializers.CharField(required=False, allow_blank=True)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=limits.MAX_TEXT)
     enabled = serializers.BooleanField(required=False)
     kind = serializers.ChoiceField(choices=[k for k, _ in KINDS])
     minute = serializers.CharField(required=False, max_length=240)
@@ -68,7 +96,21 @@ class ScheduleWriteSerializer(serializers.Serializer[PeriodicTask]):
     one_off = serializers.BooleanField(required=False)
     policy = PolicySerializer(required=False)
 
+    def to_internal_value(self, data: Any) -> Any:
+        refuse_unknown(self, data, echoed=ScheduleSerializer.Meta.fields)  # what GET answers may come back
+        return super().to_internal_value(data)
+
+    def validate_args(self, value: Any) -> Any:
+        return check_json("args", value)
+
+    def validate_kwargs(self, value: Any) -> Any:
+        return check_json("kwargs", value)
+
+    def validate_headers(self, value: Any) -> Any:
+        return check_json("headers", value, limits.MAX_HEADERS_BYTES)
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        refuse_other_kinds(attrs, self.instance, self.initial_data)
         form = ScheduleForm(form_data(attrs, self.instance), instance=self.instance)
         if not form.is_valid():
             raise serializers.ValidationError(api_errors(form.errors))
@@ -91,7 +133,23 @@ class ScheduleWriteSerializer(serializers.Serializer[PeriodicTask]):
         return task
 
     def to_representation(self, task: PeriodicTask) -> dict[str, Any]:
-        return ScheduleSerializer(task, context=self.context).data
+        form = getattr(self, "_validated_data", {}).get("form")
+        warnings = form.warnings if form is not None else []
+        return {**ScheduleSerializer(task, context=self.context).data, "warnings": warnings}
+
+
+def refuse_other_kinds(attrs: dict[str, Any], instance: PeriodicTask | None, sent: Any) -> None:
+    """A field of another kind than the schedule's (`minute` with `kind: interval`) would be
+    ignored: refuse it. The kind is the one sent, or the schedule's own."""
+    kind = attrs.get("kind") or (initial_schedule(instance).get("kind") if instance is not None else None)
+    errors = {}
+    for other, names in KIND_FIELDS.items():
+        for name in (API_NAMES.get(form, form) for form in names):
+            if other != kind and isinstance(sent, Mapping) and sent.get(name) is not None:
+                errors[name] = [f"a field of a {other} schedule, and this schedule is {kind}: leave it out, "
+                                f"or send kind: {other} with it."]  # fmt: skip
+    if errors:
+        raise serializers.ValidationError(errors)
 
 
 def form_data(attrs: dict[str, Any], instance: PeriodicTask | None) -> dict[str, Any]:
@@ -113,8 +171,7 @@ def form_data(attrs: dict[str, Any], instance: PeriodicTask | None) -> dict[str,
 
 
 def api_errors(errors: dict[str, Any]) -> dict[str, Any]:
-    names = {form: api for api, form in FORM_NAMES.items()}
-    return {names.get(field, "non_field_errors" if field == "__all__" else field): list(messages)
+    return {API_NAMES.get(field, "non_field_errors" if field == "__all__" else field): list(messages)
             for field, messages in errors.items()}  # fmt: skip
 
 
@@ -215,17 +272,31 @@ class ScheduleSerializer(serializers.ModelSerializer[PeriodicTask]):
 def loads_or_text(text: str | None) -> Any:
     try:
         return json.loads(text) if text else None
-    except ValueError:
+    except (ValueError, RecursionError):  # stored before the doors limited depth
         return text
 
 
 class PauseSerializer(serializers.Serializer[dict[str, Any]]):
-    note = serializers.CharField(required=False, allow_blank=True, max_length=500)
+    note = serializers.CharField(required=False, allow_blank=True, max_length=limits.MAX_NOTE)
+
+    def to_internal_value(self, data: Any) -> Any:
+        refuse_unknown(self, data)
+        return super().to_internal_value(data)
 
 
 class RunNowSerializer(serializers.Serializer[dict[str, Any]]):
     args = serializers.ListField(required=False, child=serializers.JSONField(), help_text="Replaces the schedule's.")
     kwargs = serializers.DictField(required=False, child=serializers.JSONField(), help_text="Replaces the schedule's.")
+
+    def to_internal_value(self, data: Any) -> Any:
+        refuse_unknown(self, data)
+        return super().to_internal_value(data)
+
+    def validate_args(self, value: Any) -> Any:
+        return check_json("args", value)
+
+    def validate_kwargs(self, value: Any) -> Any:
+        return check_json("kwargs", value)
 
 
 class RunSerializer(serializers.ModelSerializer[Run]):  # the API shows Runs (TaskResult's proxy)

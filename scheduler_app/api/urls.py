@@ -8,12 +8,14 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import IsAdminUser
 from rest_framework.routers import DefaultRouter
 
+from scheduler_app.api.deadletters import DeadLetterViewSet
 from scheduler_app.api.views import RunViewSet, ScheduleViewSet, TaskList, not_found
 
 router = DefaultRouter()
 router.include_root_view = False
 router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("runs", RunViewSet, basename="run")
+router.register("dead-letters", DeadLetterViewSet, basename="dead-letter")
 
 urlpatterns = [
     path("tasks/", TaskList.as_view(), name="api-tasks"),

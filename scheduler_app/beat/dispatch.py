@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 CHUNK = 200  # slots claimed, then sent, at a time
+CLAIM_RETRY = 0.5  # seconds between claims while Redis does not answer (a failover, a restart)
 
 
 class Dispatcher:
@@ -46,6 +48,7 @@ class Dispatcher:
         self.still_leading = still_leading  # renews the lease when it is time; False once lost
         self.unsent: list[Send] = []  # claimed but not sent (the broker was down): ours to send, leader or not
         self.lag = 0.0  # how late the latest batch's worst slot went out, in seconds
+        self.paused_until = 0.0  # monotonic time before which no claim is tried (Redis refused the last)
         self.sent = 0
 
     def dispatch(self, due: list[Entry], now: dt.datetime) -> None:
@@ -70,7 +73,9 @@ class Dispatcher:
             self.planner.requeue(sends)
             return False
         except redis.RedisError as exc:
-            logger.warning("beat cannot claim %d due slots (Redis: %s); trying again", len(sends), exc)
+            logger.warning("beat cannot claim %d due slots (Redis: %s); trying again in %gs", len(sends), exc,
+                           CLAIM_RETRY)  # fmt: skip
+            self.paused_until = time.monotonic() + CLAIM_RETRY
             self.planner.requeue(sends)
             return False
         claimed = []
@@ -79,6 +84,10 @@ class Dispatcher:
             claimed += [send] if ok else []
         self.publish(claimed)
         return True
+
+    def pause(self) -> float:
+        """Seconds until the next claim may be tried: not at once after Redis refused one."""
+        return max(0.0, self.paused_until - time.monotonic())
 
     def resend_unsent(self) -> None:
         if self.unsent:

@@ -156,6 +156,8 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
         self.dispatcher.resend_unsent()  # claimed but not sent: ours to send, leader or not
         if not self.lease.is_leader:
             return self._until_housekeeping()
+        if pause := self.dispatcher.pause():  # Redis refused the last claim: not again at once
+            return min(pause, self._until_housekeeping())
         now = timezone.now()
         due = self.due.pop_due(now.timestamp(), self.store.entries)
         if due:

@@ -18,7 +18,8 @@ Redis when scraped, so every web process answers the same figures:
   is over LEDGER_BACKLOG_LIMIT, and `beatkeeper_ledger_recorded_total`: a counter (a
   total, not a window) of the runs the recorders wrote, kept in Redis, so it survives
   recorder restarts and goes back to 0 only when Redis loses its keys (`rate()` reads
-  that as a reset).
+  that as a reset);
+- the dead letters: messages workers set aside instead of running (runs/poison.py).
 
 Every query reads an index range (`date_created` or `date_done`) and at most `ROW_LIMIT`
 rows. The text is cached for `CACHE_SECONDS` in Django's cache, so several Prometheus
@@ -52,7 +53,7 @@ from scheduler_app import broker
 from scheduler_app.beat import leader
 from scheduler_app.connection import redis_client
 from scheduler_app.models import ScheduleHealth
-from scheduler_app.runs import ledger, recorder, states
+from scheduler_app.runs import dead_letters, ledger, recorder, states
 
 logger = logging.getLogger(__name__)
 COUNT_WINDOW = dt.timedelta(hours=24)
@@ -234,7 +235,11 @@ def broker_state(now: dt.datetime) -> list[Metric]:
 
 def beat_state(now: dt.datetime) -> list[Metric]:
     """Each beat's last tick (as `leader.heartbeat()` reads it) and who leads."""
-    facts = leader.heartbeat()
+    client = redis_client(broker.bound())  # a scrape waits like a web request (this runs in a thread of its own)
+    try:
+        facts = leader.heartbeat(client)
+    finally:
+        client.close()
     since = GaugeMetricFamily(
         "beatkeeper_beat_seconds_since_tick", "Seconds since each beat last ticked.", labels=["node"]
     )
@@ -256,7 +261,7 @@ def beat_state(now: dt.datetime) -> list[Metric]:
 
 def ledger_state(now: dt.datetime) -> list[Metric]:
     """The recorder's backlog, read in one Redis round trip (`recorder.backlog`)."""
-    client = redis_client()
+    client = redis_client(broker.bound())
     try:
         found = recorder.backlog(client)
     finally:
@@ -288,6 +293,20 @@ def ledger_state(now: dt.datetime) -> list[Metric]:
     return [events, lag, dead, age, over, recorded]
 
 
+def dead_letter_state(now: dt.datetime) -> list[Metric]:
+    """Messages workers set aside instead of running (scheduler_app/runs/poison.py)."""
+    client = redis_client(broker.bound())
+    try:
+        count = dead_letters.count(client)
+    finally:
+        client.close()
+    family = GaugeMetricFamily(
+        "beatkeeper_dead_letters", "Messages workers set aside in the dead letters (retry or discard them)."
+    )
+    family.add_metric([], count)
+    return [family]
+
+
 # --- the collector ----------------------------------------------------------------------
 
 DATABASE_PARTS: dict[str, Part] = {
@@ -296,7 +315,12 @@ DATABASE_PARTS: dict[str, Part] = {
     "lateness": run_lateness,
     "schedules": schedule_health,
 }
-REDIS_PARTS: dict[str, Part] = {"broker": broker_state, "beat": beat_state, "ledger": ledger_state}
+REDIS_PARTS: dict[str, Part] = {
+    "broker": broker_state,
+    "beat": beat_state,
+    "ledger": ledger_state,
+    "dead_letters": dead_letter_state,
+}
 
 
 def collect_parts(parts: dict[str, Part], now: dt.datetime) -> tuple[list[Metric], dict[str, tuple[bool, float]]]:
@@ -315,6 +339,16 @@ def collect_parts(parts: dict[str, Part], now: dt.datetime) -> tuple[list[Metric
     return families, outcomes
 
 
+def collect_redis_parts(now: dt.datetime) -> tuple[list[Metric], dict[str, tuple[bool, float]]]:
+    """The broker first: when it does not answer, beat and the ledger are reported not
+    collected at once, so a hung Redis costs a scrape one bounded wait, not three."""
+    families, outcomes = collect_parts({"broker": broker_state}, now)
+    if any(family.name == "beatkeeper_broker_up" and family.samples[0].value == 1 for family in families):
+        more, more_outcomes = collect_parts({k: v for k, v in REDIS_PARTS.items() if k != "broker"}, now)
+        return families + more, {**outcomes, **more_outcomes}
+    return families, {**outcomes, **{name: (False, 0.0) for name in REDIS_PARTS if name != "broker"}}
+
+
 class BeatkeeperCollector(Collector):
     def describe(self) -> list[Metric]:
         return []  # nothing to collect at registration
@@ -323,7 +357,7 @@ class BeatkeeperCollector(Collector):
         """Redis parts in a thread beside the database parts: the worker ping takes a second."""
         now = timezone.now()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-redis") as pool:
-            redis_side = pool.submit(collect_parts, REDIS_PARTS, now)
+            redis_side = pool.submit(collect_redis_parts, now)
             families, outcomes = collect_parts(DATABASE_PARTS, now)
             more, more_outcomes = redis_side.result()
         yield from families + more

@@ -27,7 +27,9 @@ from celery import current_app
 from django.conf import settings
 from django.db import connection
 
+from scheduler_app import broker
 from scheduler_app.beat import leader
+from scheduler_app.connection import redis_client
 from scheduler_app.runs import recorder
 
 TIMEOUT = 2.5  # seconds for all checks together; a probe's timeoutSeconds should be 3 or more
@@ -54,7 +56,7 @@ def describe(exc: BaseException) -> str:
 
 def probe_client() -> redis.Redis:
     """A client of REDIS_URL with short timeouts: a probe must not wait like a worker does."""
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT)
+    return redis_client(timeout=REDIS_TIMEOUT)
 
 
 def check_database() -> Check:
@@ -99,7 +101,8 @@ def check_beat(max_age: float | None = None) -> Check:
 def check_workers(timeout: float = PING_TIMEOUT) -> Check:
     """One worker answering is enough: `limit=1` returns at its reply instead of waiting
     out the timeout. The ping goes through Celery's own broker (built from REDIS_URL)."""
-    replies = current_app.control.ping(timeout=timeout, limit=1) or []
+    with broker.bounded_connection() as conn:  # not the pool's: a thread left behind waits seconds, not 30 s
+        replies = current_app.control.ping(timeout=timeout, limit=1, connection=conn) or []
     if not replies:
         return Check(False, f"no worker answered a ping within {timeout:g}s", {"answered": 0})
     return Check(True, details={"answered": len(replies)})

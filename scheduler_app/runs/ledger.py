@@ -38,7 +38,7 @@ from django.utils import timezone
 from django_celery_results.backends.database import DatabaseBackend
 from django_celery_results.models import TaskResult
 
-from scheduler_app.connection import redis_client
+from scheduler_app.connection import redis_client, request_timeout
 from scheduler_app.runs import states
 from scheduler_app.runs.context import context_of, header_of
 
@@ -178,14 +178,16 @@ def latest(task_id: str, client: redis.Redis | None = None) -> Latest | None:
                   bool(event.get("refines")))  # fmt: skip
 
 
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[tuple[str, float | None], redis.Redis] = {}
 
 
 def _client() -> redis.Redis:
-    url = settings.REDIS_URL
-    if url not in _clients:  # one pool per process and URL (tests point processes at servers of their own)
-        _clients[url] = redis_client()
-    return _clients[url]
+    """One pool per process, URL (tests point processes at servers of their own) and bound:
+    a web request's calls wait REDIS_REQUEST_TIMEOUT at most (connection.request_timeout)."""
+    key = (settings.REDIS_URL, request_timeout())
+    if key not in _clients:
+        _clients[key] = redis_client()
+    return _clients[key]
 
 
 def event_lifetime() -> int:

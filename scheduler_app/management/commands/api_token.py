@@ -6,6 +6,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rest_framework.authtoken.models import Token
 
+from scheduler_app import limits
+
 
 class Command(BaseCommand):
     help = (
@@ -20,6 +22,10 @@ class Command(BaseCommand):
         action.add_argument("--revoke", action="store_true", help="Delete the user's token; calls with it get 401.")
 
     def handle(self, *args: Any, username: str, rotate: bool, revoke: bool, **options: Any) -> None:
+        try:
+            limits.check_text("username", username, 150)  # Django's usernames are at most 150 characters
+        except limits.LimitExceeded as exc:
+            raise CommandError(f"{exc} No token was changed.") from None
         user = get_user_model().objects.filter(username=username).first()
         if user is None:
             raise CommandError(f"no user named {username!r}; create one first (manage.py createsuperuser).")

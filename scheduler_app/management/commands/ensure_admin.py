@@ -3,9 +3,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
+from scheduler_app import limits
 from scheduler_app.local.accounts import ensure_admin
+
+ENVIRONMENT = [("ADMIN_USERNAME", "admin"), ("ADMIN_PASSWORD", ""), ("ADMIN_EMAIL", "")]
+LONGEST = {"ADMIN_USERNAME": 150, "ADMIN_PASSWORD": 4096, "ADMIN_EMAIL": 254}  # Django's columns; a sane password
 
 
 class Command(BaseCommand):
@@ -15,11 +19,15 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        account = ensure_admin(
-            os.environ.get("ADMIN_USERNAME", "admin"),
-            os.environ.get("ADMIN_PASSWORD", ""),
-            os.environ.get("ADMIN_EMAIL", ""),
-        )
+        values = [os.environ.get(name, default) for name, default in ENVIRONMENT]
+        for (name, _), value in zip(ENVIRONMENT, values, strict=True):
+            try:
+                limits.check_text(name, value, LONGEST[name])
+            except limits.LimitExceeded as exc:
+                raise CommandError(f"{exc} No user was created.") from None
+        if not values[0].strip():
+            raise CommandError("ADMIN_USERNAME: empty; give a user name, or leave it unset for 'admin'.")
+        account = ensure_admin(*values)
         if account.created and account.password and not os.environ.get("ADMIN_PASSWORD"):
             self.stdout.write(
                 f"created admin user {account.username!r} with password {account.password!r} "

@@ -3,12 +3,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, cast
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from scheduler_app.beat import slots
 from scheduler_app.schedules import NextRun, describe, next_runs, why_not
+
+MAX_NEXT = 100  # as the API's next-runs
 
 
 class Command(BaseCommand):
@@ -18,10 +20,14 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--next", type=int, default=1, metavar="N", help="how many next run times to show")
+        parser.add_argument(
+            "--next", type=int, default=1, metavar="N", help=f"how many next run times to show (1 to {MAX_NEXT})"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        count = max(1, options["next"])
+        count = options["next"]
+        if not 1 <= count <= MAX_NEXT:
+            raise CommandError(f"--next: {count} is out of range; give a whole number from 1 to {MAX_NEXT}.")
         now = timezone.now()
         tasks = PeriodicTask.objects.select_related("interval", "crontab", "clocked", "solar", "policy")
         total = 0
