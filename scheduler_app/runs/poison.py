@@ -39,10 +39,11 @@ import redis
 from celery import bootsteps
 from celery import states as celery_states
 from celery.app.task import Context
-from celery.exceptions import InvalidTaskError
+from celery.exceptions import InvalidTaskError, NotRegistered
 from celery.worker import state as worker_state
 from django.conf import settings
 from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from scheduler_app.runs import dead_letters, history, ledger
 from scheduler_app.runs.context import context_of, header_of
@@ -50,6 +51,7 @@ from scheduler_app.runs.dead_letters import DeadLetter
 
 logger = logging.getLogger(__name__)
 DELIVERIES_KEY = "bk:deliveries:"
+PASSING = (ConnectionError, TimeoutError, redis.ConnectionError, redis.TimeoutError, KombuOperationalError)
 CELERY_HANDLES = (InvalidTaskError, ContentDisallowed, DecodeError)  # Celery rejects these itself, and logs them
 
 
@@ -119,8 +121,11 @@ def failure_context(message: Any, worker: str, letter: DeadLetter, client: redis
     """The run's request for its FAILURE write: its context from the header, its attempt
     after those recorded, and the dead letter it became."""
     headers = dict(message.headers or {})
+    # What django-celery-results records as the run's name and schedule (its extended columns).
+    schedule = headers.get("periodic_task_name") or header_of(Context(headers)).get("schedule")
+    properties = {**(message.properties or {}), "periodic_task_name": schedule}
     request = Context({**headers, "hostname": worker, "delivery_info": message.delivery_info, "args": None,
-                       "kwargs": None})  # fmt: skip
+                       "kwargs": None, "task_name": headers.get("task"), "properties": properties})  # fmt: skip
     retries = letter.retries
     try:
         found = ledger.latest(letter.task_id, client) if letter.task_id else None
@@ -182,8 +187,9 @@ class Guard:
     def passing(self, exc: Exception) -> bool:
         """A fault of the moment, not of the message: the broker's connection (Celery's consumer
         reconnects and the message is delivered again), Redis, or a pool that is stopping."""
-        transient = (*self.consumer.connection_errors, *self.consumer.channel_errors, redis.RedisError, OSError)
-        return isinstance(exc, transient) or (isinstance(exc, ValueError) and "Pool not running" in str(exc))
+        # Named, not the transport's `connection_errors`: kombu's Redis transport counts KeyError
+        # among them, which a message without an `id` header raises (that one is poison).
+        return isinstance(exc, PASSING) or (isinstance(exc, ValueError) and "Pool not running" in str(exc))
 
     def free_pool_slot(self, request: Any) -> None:
         """What a hand-off that failed half-way leaves: the pool's record of a job it will never
@@ -242,7 +248,10 @@ class Guard:
         return guarded
 
     def unknown_task(self, on_unknown: Callable[..., Any]) -> Callable[..., Any]:
-        """Celery records an unregistered task FAILURE and drops its message: kept here too."""
+        """Celery records an unregistered task FAILURE and drops its message: kept here too.
+        Celery's FAILURE is written from a bare request (no header, no name, no schedule), so
+        the run's FAILURE is written first from the message, keeping its context; Celery's
+        then ranks as the same end and is dropped (runs/ledger.py)."""
 
         def guarded(body: Any, message: Any, exc: BaseException) -> Any:
             name = (message.headers or {}).get("task")
@@ -252,6 +261,8 @@ class Guard:
                 dead_letters.add(letter, self.client)
             except redis.RedisError as error:
                 logger.error("%s could not be kept in the dead letters (%s)", name, error)
+            if letter.task_id:
+                self.record_failure(message, letter, None, NotRegistered(name))
             return on_unknown(body, message, exc)
 
         return guarded
@@ -272,12 +283,14 @@ class Guard:
             self.record_failure(message, letter, exc)
         return True
 
-    def record_failure(self, message: Any, letter: DeadLetter, exc: BaseException | None) -> None:
+    def record_failure(self, message: Any, letter: DeadLetter, exc: BaseException | None,
+                       cause: Exception | None = None) -> None:  # fmt: skip
+        """The run's FAILURE, with its context: `cause` (by default SetAside with the reason)."""
         tb = "".join(traceback.format_exception(exc)) if exc is not None else None
         try:
             request = failure_context(message, self.worker, letter, self.client)
             backend = self.consumer.app.backend
-            backend.mark_as_failure(letter.task_id, SetAside(letter.reason), traceback=tb, request=request,
+            backend.mark_as_failure(letter.task_id, cause or SetAside(letter.reason), traceback=tb, request=request,
                                     call_errbacks=False)  # fmt: skip
         except Exception as error:  # noqa: BLE001  (the letter is kept; the run's row is what is lost)
             logger.error("%s[%s]: its FAILURE was not recorded (%r)", letter.task, letter.task_id, error)
