@@ -153,6 +153,7 @@ QUESTIONS = (
     Question("page 51", {"p": "50"}, {"p": "50"}),
     Question("last 24 h", {"since": "24h"}, {"date_done__gte": "{since}"}),
     Question("manual runs", {"trigger": "manual"}, None),
+    Question("search args", {"q": "invoice-42"}, {"q": "invoice-42"}),  # no run has it: the whole window is read
 )
 
 

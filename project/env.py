@@ -6,7 +6,9 @@ deployment stops at start-up with a message an operator can act on.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
+import keyword
 import os
 import re
 from collections.abc import Callable
@@ -108,6 +110,33 @@ def http_url(name: str) -> str:
             f"{name}={redact(url)!r} is not an http(s) URL: use e.g. https://hooks.example.com/x."
         )
     return url
+
+
+def apps(name: str, installed: list[str]) -> list[str]:
+    """Comma-separated Django apps (dotted module names) to add to `installed`, each one
+    importable now: a typo or a folder off the path stops start-up here, saying so."""
+    found: list[str] = []
+    for item in items(name):
+        if not all(part.isidentifier() and not keyword.iskeyword(part) for part in item.split(".")):
+            raise ImproperlyConfigured(
+                f"{name} has {item!r}, not a Python module name: use e.g. reports,billing.jobs (comma-separated)."
+            )
+        if item in installed or item in found:
+            raise ImproperlyConfigured(f"{name} has {item!r}, which is installed already: name each app once.")
+        if not _importable(item):
+            raise ImproperlyConfigured(
+                f"{name} has {item!r}, which Python cannot import from {Path.cwd()}: put the app's folder "
+                f"in the checkout, next to manage.py, or add the folder that holds it to PYTHONPATH."
+            )
+        found.append(item)
+    return found
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
 
 
 def database(name: str, default: str) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""The audit log: who changed what, when, and through which door. The API writes one
-entry per write (`AuditEntry`); the admin keeps Django's own history as well.
+"""The audit log: who changed what, when, and through which door. One trail for the three
+doors: the API (`via="api"`), the admin (`"admin"`, besides Django's own object history)
+and the management commands that write (`"command"`) record an `AuditEntry` for each write,
+a schedule's change as the same diff ({field: [old, new]} of `snapshot`) whichever door.
 
 An entry is always written, whatever it is handed: what the doors refuse now (a NUL
 character, JSON nested too deep) may sit in a schedule saved before, and deleting that
@@ -7,12 +9,19 @@ schedule must still be possible, so such parts are kept as `limits.storable` sho
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from typing import Any, cast
 
 from django.db import models
+from django_celery_beat.models import PeriodicTask
 
-from scheduler_app import limits
-from scheduler_app.models import AuditEntry
+from scheduler_app import limits, schedules
+from scheduler_app.models import POLICY_FIELDS, AuditEntry
+
+DOORS = (("api", "API"), ("admin", "admin"), ("command", "command"))
+POLICY_AUDITED = (*POLICY_FIELDS, "late_after", "alert_after_failures", "pause_after_failures")
+MESSAGE_AUDITED = ("queue", "priority", "expires", "expire_seconds", "start_time", "one_off")
 
 
 def record(actor: Any, action: str, obj: models.Model | None, *, object_type: str = "", object_id: str = "",
@@ -40,3 +49,58 @@ def storable(changes: dict[str, Any]) -> Any:
 def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """{field: [old, new]} for each field that changed."""
     return {key: [before.get(key), value] for key, value in after.items() if before.get(key) != value}
+
+
+# --- What an entry keeps of a schedule ------------------------------------------------------
+
+
+def snapshot(task: PeriodicTask) -> dict[str, Any]:
+    """A schedule's readable fields as JSON, as the database has them now (what changes by
+    itself, the next run, health, last run and run count, is left out)."""
+    task = PeriodicTask.objects.select_related("interval", "crontab", "solar", "clocked", "policy__owner").get(
+        pk=task.pk
+    )
+    data: dict[str, Any] = {key: getattr(task, key) for key in ("name", "task", "description", "enabled")}
+    data |= {key: _loaded(getattr(task, key)) for key in ("args", "kwargs", "headers")}
+    data |= {key: _plain(getattr(task, key)) for key in MESSAGE_AUDITED}
+    data["schedule"] = schedule_fields(task)
+    data["policy"] = policy_fields(task)
+    return data
+
+
+def schedule_fields(task: PeriodicTask) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if task.crontab_id:
+        c = task.crontab
+        fields = {"kind": "crontab", "minute": c.minute, "hour": c.hour, "day_of_month": c.day_of_month,
+                  "month_of_year": c.month_of_year, "day_of_week": c.day_of_week,
+                  "timezone": str(c.timezone)}  # fmt: skip
+    elif task.interval_id:
+        fields = {"kind": "interval", "every": task.interval.every, "period": task.interval.period}
+    elif task.clocked_id:
+        fields = {"kind": "clocked", "clocked_time": _plain(task.clocked.clocked_time)}
+    elif task.solar_id:
+        s = task.solar
+        fields = {"kind": "solar", "solar_event": s.event, "latitude": str(s.latitude), "longitude": str(s.longitude)}
+    return {**fields, "words": schedules.shown_description(task), "zone": schedules.zone_of(task)}
+
+
+def policy_fields(task: PeriodicTask) -> dict[str, Any]:
+    policy = getattr(task, "policy", None)
+    if policy is None:
+        return {}
+    fields = {key: _plain(getattr(policy, key)) for key in POLICY_AUDITED}
+    return {**fields, "owner": policy.owner.get_username() if policy.owner else None}
+
+
+def _loaded(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except (ValueError, RecursionError):  # stored before the doors limited depth
+        return text
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | dt.timedelta):
+        return value.isoformat() if not isinstance(value, dt.timedelta) else value.total_seconds()
+    return value

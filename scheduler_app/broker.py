@@ -81,11 +81,12 @@ def _depth(conn: Connection, queue: str) -> int:
         return 0 if "NOT_FOUND" in str(exc) or "no queue" in str(exc).lower() else -1
 
 
-def workers_online(timeout: float = 1.0) -> list[str]:
-    """Hostnames of the workers that answered a ping within `timeout` seconds."""
+def workers_online(timeout: float = 1.0, limit: int | None = None) -> list[str]:
+    """Hostnames of the workers that answered a ping within `timeout` seconds (Celery waits
+    the whole timeout for answers, unless `limit` of them came sooner)."""
     try:
         with bounded_connection() as conn:
-            replies = current_app.control.ping(timeout=timeout, connection=conn) or []
+            replies = current_app.control.ping(timeout=timeout, connection=conn, limit=limit) or []
     except Exception:  # noqa: BLE001  (no broker: no worker can answer either)
         return []
     return sorted(name for reply in replies for name in reply)

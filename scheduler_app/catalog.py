@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, ParamSpec, TypeVar
 
-from celery import shared_task
+from celery import current_app, shared_task
 
 from scheduler_app.runs.policy import RunPolicy
 from scheduler_app.runs.runtime import TRANSIENT_ERRORS, PlatformTask, report_progress
 
 __all__ = [
-    "Cron", "Every", "PlatformTask", "TaskDefinition", "definitions", "platform_task", "register", "report_progress",
+    "Cron", "Every", "PlatformTask", "TaskDefinition", "definitions", "discover", "platform_task", "register",
+    "report_progress",
 ]  # fmt: skip
 
 _P = ParamSpec("_P")
@@ -81,7 +83,17 @@ def register(definition: TaskDefinition) -> None:
 
 
 def definitions() -> list[TaskDefinition]:
+    """Every declared definition, every installed app's tasks module imported first."""
+    discover()
     return sorted(_definitions.values(), key=lambda d: d.key)
+
+
+@cache
+def discover() -> None:
+    """Import the tasks module of every installed app (INSTALLED_APPS, BEATKEEPER_APPS), as a
+    worker does at start-up, once per process: what they declare is then registered here and
+    in Celery, with no apps.py `ready()` needed."""
+    current_app.loader.import_default_modules()
 
 
 def platform_task(

@@ -9,6 +9,7 @@ operator never picks one from a drop-down of every row (django-celery-beat #407)
 from __future__ import annotations
 
 import datetime as dt
+import json
 import zoneinfo
 from functools import cache
 from typing import TYPE_CHECKING, Any, cast
@@ -20,7 +21,7 @@ from django.utils import timezone
 from django_celery_beat import validators
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
-from scheduler_app import limits, schedules, services
+from scheduler_app import limits, schedules, services, signatures
 from scheduler_app.beat import slots
 
 KINDS = [("crontab", "crontab"), ("interval", "interval"), ("clocked", "one-off (at a moment)"), ("solar", "solar")]
@@ -94,6 +95,9 @@ class ScheduleForm(PeriodicTaskForm):
         super().__init__(*args, **kwargs)
         task_field = cast(forms.ChoiceField, self.fields["task"])  # declared above as a ChoiceField
         task_field.choices = task_choices(self.instance.task if self.instance.pk else None)
+        # "%(value)s" is the choice given (ChoiceField formats it); "%%" keeps a task name's own "%".
+        listed = services.unregistered("%(value)s").replace("%", "%%").replace("%%(value)s", "%(value)s")
+        task_field.error_messages["invalid_choice"] = listed[0].upper() + listed[1:]
         self.fields["cron_timezone"].widget.attrs["list"] = "beatkeeper-zones"
         self.fields["priority"].help_text = "0 (first) to 9 (last); empty: 5."
         self.schedule_row: slots.ScheduleRow | None = None
@@ -133,6 +137,7 @@ class ScheduleForm(PeriodicTaskForm):
             data["one_off"] = True  # a clocked schedule runs once: one-off by itself
         if self.check_queue and data.get("queue") and (not self.instance.pk or "queue" in self.changed_data):
             self.warnings += services.queue_warnings(data["queue"])
+        self.check_signature(data)
         if self.schedule_row is not None:
             try:
                 slots.timetable(self.schedule_row)
@@ -143,6 +148,18 @@ class ScheduleForm(PeriodicTaskForm):
             setattr(self.instance, cast(str, kind), self.schedule_row)  # a row was built: kind is one of build's
             self.instance.one_off = self.instance.one_off or kind == "clocked"
         return data
+
+    def check_signature(self, data: dict[str, Any]) -> None:
+        """The arguments against the task's signature (a new schedule, or a changed task or
+        arguments): an unknown or missing keyword argument is refused here, not by every run."""
+        if not data.get("task") or {"task", "args", "kwargs"} & set(self.errors):
+            return
+        if self.instance.pk and not {"task", "args", "kwargs"} & set(self.changed_data):
+            return
+        try:
+            signatures.check(data["task"], json.loads(data.get("args") or "[]"), json.loads(data.get("kwargs") or "{}"))
+        except signatures.ArgumentsRefused as exc:
+            self.add_error("kwargs", str(exc))
 
     def refuse_other_kinds(self, kind: str, data: dict[str, Any]) -> None:
         """A value set in another kind's fields is left out, and said so in a warning. Not

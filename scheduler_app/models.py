@@ -198,7 +198,12 @@ class Run(TaskResult):
     class Meta:
         proxy = True
         verbose_name = "run"
-        permissions = [("retry_run", "Can retry a run"), ("revoke_run", "Can revoke a run")]
+        permissions = [
+            ("retry_run", "Can retry a run"),
+            ("revoke_run", "Can revoke a run"),
+            ("control_workers", "Can control workers"),  # the Workers page's remote control
+            ("purge_queue", "Can purge a queue"),  # the Queues page's purge
+        ]
 
 
 class Incident(models.Model):

@@ -123,3 +123,24 @@ def shown_description(task: PeriodicTask) -> str:
         return describe(task)
     except Exception as exc:  # noqa: BLE001
         return f"invalid: {exc}"
+
+
+UPCOMING_SCHEDULES = 500  # the dashboard's upcoming runs read at most this many enabled schedules
+
+
+def upcoming(
+    now: dt.datetime, within: dt.timedelta = dt.timedelta(hours=24), each: int = 3, limit: int = 15
+) -> list[tuple[PeriodicTask, NextRun]]:
+    """The enabled schedules' next runs up to `within` from now, soonest first, computed as
+    beat computes them (`next_runs`: a slot already due is sent now), at most `each` per
+    schedule: a schedule due every minute is neither left out nor fills the list alone."""
+    tasks = PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "solar", "clocked",
+                                                                     "policy")  # fmt: skip
+    found: list[tuple[PeriodicTask, NextRun]] = []
+    for task in tasks.order_by("pk")[:UPCOMING_SCHEDULES]:
+        try:
+            runs = next_runs(task, each, now)
+        except Exception:  # noqa: BLE001, S112  (a broken row: the list shows why; here, the others)
+            continue
+        found += [(task, run) for run in runs if run.at is not None and run.at <= now + within]
+    return sorted(found, key=lambda item: (item[1].at, item[0].name))[:limit]

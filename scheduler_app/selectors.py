@@ -191,14 +191,6 @@ def median_duration_per_task(since: dt.datetime) -> list[tuple[str, float]]:
     return sorted(medians, key=lambda item: item[1], reverse=True)[:15]
 
 
-def upcoming_runs(now: dt.datetime, limit: int = 15) -> list[tuple[PeriodicTask, dt.datetime]]:
-    """Enabled schedules due within the next 24 hours, soonest first, as the last check of
-    the schedules (`monitoring`, every minute) found their next runs."""
-    rows = ScheduleHealth.objects.filter(next_at__gte=now, next_at__lte=now + DAY, periodic_task__enabled=True)
-    rows = rows.select_related("periodic_task").order_by("next_at")[:limit]
-    return [(row.periodic_task, cast(dt.datetime, row.next_at)) for row in rows]  # next_at__gte: never None
-
-
 def recent_incidents(limit: int = 10) -> list[Incident]:
     return list(Incident.objects.order_by("-at", "-pk")[:limit])
 
@@ -292,7 +284,7 @@ def dashboard(now: dt.datetime, *, schedules_too: bool, runs_too: bool,
     recent call, if the caller keeps them: they read the whole run table."""
     figures: dict[str, Any] = {"now": now, **redis_figures()}
     if schedules_too:
-        figures |= {"schedules": schedule_counts(), "upcoming": upcoming_runs(now), "incidents": recent_incidents()}
+        figures |= {"schedules": schedule_counts(), "incidents": recent_incidents()}  # upcoming: admin/dashboard.py
     if runs_too:
         figures |= {
             "day": run_figures(now - DAY),

@@ -14,7 +14,6 @@ import json
 import logging
 import time
 import uuid
-from functools import cache
 from typing import Any
 
 from celery import current_app
@@ -29,7 +28,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from scheduler_app import broker, limits
+from scheduler_app import broker, catalog, limits, signatures
 from scheduler_app.beat import entries
 from scheduler_app.models import SchedulePolicy
 from scheduler_app.runs import dead_letters, history, ledger, states
@@ -51,16 +50,19 @@ class BrokerUnavailable(ServiceError):
     """The broker did not answer: nothing was sent. The API answers it with 503."""
 
 
+class ArgumentsRefused(ServiceError):
+    """The arguments do not fit the task's signature: nothing was sent. The API answers it with 400."""
+
+
 def registered_tasks() -> list[str]:
     """The task names a worker of this project can run (Celery's own excluded)."""
     discover_tasks()
     return sorted(name for name in current_app.tasks if not name.startswith("celery."))
 
 
-@cache
 def discover_tasks() -> None:
     """Every app's tasks module, imported once per process, as a worker imports them."""
-    current_app.loader.import_default_modules()
+    catalog.discover()
 
 
 def overrides_of(task: PeriodicTask) -> dict[str, Any]:
@@ -160,9 +162,12 @@ def run_now(
         )
     overrides = overrides_of(task)
     header = {"trigger": trigger, "by": username(by), "schedule": task.name, "policy": overrides}
+    overridden = args is not None or kwargs is not None
     args = stored_args(task.args, "[]") if args is None else args
     kwargs = stored_args(task.kwargs, "{}") if kwargs is None else kwargs
     check_message(args, kwargs, task.headers)
+    if overridden:
+        check_signature(task.task, args, kwargs)
     return send(task.task, args, kwargs, options=schedule_options(task, overrides), header=header)
 
 
@@ -179,6 +184,38 @@ def check_message(args: Any, kwargs: Any, headers: str | None = None) -> None:
     except ValueError as exc:
         message = f"headers: not JSON ({exc}); nothing was queued. Fix them in the schedule's form."
         raise ServiceError(message) from None
+
+
+def check_signature(task_name: str, args: Any, kwargs: Any) -> None:
+    """Refuse arguments the task's function does not take (signatures.check), naming them."""
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        return  # send() refuses these with its own message
+    discover_tasks()
+    try:
+        signatures.check(task_name, args, kwargs)
+    except signatures.ArgumentsRefused as exc:
+        raise ArgumentsRefused(f"{exc} Nothing was queued.") from None
+
+
+def unregistered(task_name: str) -> str:
+    """The refusal for a task no worker of this project can run, listing those it can."""
+    names = registered_tasks()
+    shown = ", ".join(names[:UNREGISTERED_LISTED]) + (f" and {len(names) - UNREGISTERED_LISTED} more"
+                                                      if len(names) > UNREGISTERED_LISTED else "")  # fmt: skip
+    return (f"no task named {task_name!r} is registered; the registered tasks are: {shown or 'none'} "
+            "(GET /api/tasks/ lists them with their defaults).")  # fmt: skip
+
+
+UNREGISTERED_LISTED = 40  # names a refusal lists at most
+
+
+def run_warnings() -> list[str]:
+    """A word for a run queued while no worker answers a ping (broker.workers_online, bounded):
+    it is queued all the same, and runs when a worker starts."""
+    if broker.workers_online(timeout=QUEUE_ASK_SECONDS, limit=1):  # one answer is enough: no wait
+        return []
+    return [f"No worker answered within {QUEUE_ASK_SECONDS:g} s: the run is queued and waits until a worker "
+            "starts (celery -A project worker)."]  # fmt: skip
 
 
 def schedule_options(task: PeriodicTask, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -331,7 +368,7 @@ def send(task_name: str, args: Any, kwargs: Any, *, options: dict[str, Any], hea
     """Record a PENDING run, then publish it; if the publish fails, whatever the error, the
     row does not stay PENDING (`not_sent`)."""
     if task_name not in registered_tasks():
-        raise ServiceError(f"no task named {task_name!r} is registered; pick one of the registered tasks.")
+        raise ServiceError(unregistered(task_name))
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise ServiceError("arguments must be a JSON list and keyword arguments a JSON object.")
     task_id = str(uuid.uuid4())
@@ -499,3 +536,27 @@ def _dead_letter_options(letter: dead_letters.DeadLetter, by: Any) -> dict[str, 
     if isinstance(letter.properties.get("priority"), int):
         options["priority"] = letter.properties["priority"]
     return {"options": options, "header": header}
+
+
+# --- Failures dismissed in bulk (the console's failures page; issue 15) --------------------
+
+
+def dismiss_failure(row: TaskResult, *, by: Any) -> bool:
+    """Mark a failed run dismissed: an operator has seen it and it needs nothing more. The
+    row, its state and traceback stay (the history stays complete, and a schedule's failure
+    streak is not rewritten); the failures page no longer groups it. Claimed with a
+    conditional update: False when the run is no longer an undismissed FAILURE."""
+    meta = history.run_context(row) | {"children": _children(row)}
+    if row.status != celery_states.FAILURE or "dismissed_at" in meta:
+        return False
+    meta |= {"dismissed_by": username(by), "dismissed_at": timezone.now().isoformat()}
+    claimed = TaskResult.objects.filter(pk=row.pk, status=celery_states.FAILURE, meta=row.meta)
+    return claimed.update(meta=json.dumps(meta)) == 1
+
+
+def _children(row: TaskResult) -> Any:
+    try:
+        meta = json.loads(row.meta or "{}")
+    except ValueError:
+        return []
+    return meta.get("children", []) if isinstance(meta, dict) else []

@@ -172,3 +172,122 @@ def force_login(page: Page, base_url: str, user: User) -> None:
     client.force_login(user)
     cookie = client.cookies[settings.SESSION_COOKIE_NAME]
     page.context.add_cookies([{"name": cookie.key, "value": cookie.value, "url": base_url}])
+
+
+# --- Legibility: what every console page's test checks (issue 15) -------------------------
+# A page's test calls `check_legible(page, "name")` once the page shows what it should: at
+# 1440 and 1024 px, in light and in dark mode, no table or card is wider than its container
+# and every state badge's text reads at WCAG AA (4.5:1) against its background; a screenshot
+# of each. `overflowing(page)` and `badge_contrasts(page)` are the two checks on their own.
+
+WIDTHS = (1440, 1024)
+AA_CONTRAST = 4.5
+BADGES = ".bk-badge, .bk-long"  # the console's state badges: coloured boxes with text
+# The page (no sideways scrolling), the content area, each table, card and module: content wider
+# than its box, or a box wider than its parent.
+_OVERFLOWS = r"""() => {
+  const label = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
+    (typeof e.className === 'string' && e.className.trim() ? '.' + e.className.trim().split(/\s+/).join('.') : '');
+  const page = document.documentElement;
+  const found = page.scrollWidth > page.clientWidth + 1
+    ? [`the page scrolls sideways: ${page.scrollWidth} px in ${page.clientWidth} px`] : [];
+  const boxes = [document.querySelector('#content-main'),
+                 ...document.querySelectorAll('#content table, #content .bk-card, #content .module')];
+  for (const box of boxes.filter(Boolean)) {
+    const parent = box.parentElement;
+    const scrolls = ['auto', 'scroll'].includes(getComputedStyle(box).overflowX);
+    if (box.tagName !== 'TABLE' && !scrolls && box.scrollWidth > box.clientWidth + 1) {
+      const right = box.getBoundingClientRect().left + box.clientWidth;
+      const out = [...box.querySelectorAll('*')].filter(e => e.getBoundingClientRect().right > right + 1);
+      found.push(`${label(box)}: content ${box.scrollWidth} px in ${box.clientWidth} px` +
+                 ` (sticking out: ${out.slice(-2).map(label).join(', ')})`);
+    }
+    const width = Math.round(box.getBoundingClientRect().width);
+    if (parent && width > parent.clientWidth + 1)
+      found.push(`${label(box)}: ${width} px in a ${parent.clientWidth} px container`);
+  }
+  return found;
+}"""
+# Each badge's text colour and the background colours from it up to the root (the first opaque one counts).
+_BADGE_COLOURS = """selector => [...document.querySelectorAll(selector)].filter(b => b.offsetParent !== null).map(b => {
+  const backgrounds = [];
+  for (let el = b; el; el = el.parentElement) backgrounds.push(getComputedStyle(el).backgroundColor);
+  return {text: b.textContent.trim(), color: getComputedStyle(b).color, backgrounds};
+})"""
+
+
+def check_legible(page: Page, name: str, *, badges: int = 0) -> None:
+    """At 1440 and 1024 px, light and dark: nothing overflows and every badge reads at 4.5:1
+    (at least `badges` of them on the page); a screenshot of each, `<name>-<width>[-dark]`."""
+    try:
+        for scheme in ("light", "dark"):
+            page.emulate_media(color_scheme=scheme)
+            for width in WIDTHS:
+                page.set_viewport_size({"width": width, "height": 900})
+                where = f"{name} at {width} px, {scheme}"
+                shot(page, f"{name}-{width}" + ("-dark" if scheme == "dark" else ""))  # also of a page that fails
+                assert overflowing(page) == [], f"{where}: wider than its container"
+                found = badge_contrasts(page)
+                assert len(found) >= badges, f"{where}: {len(found)} badges shown, {badges} expected"
+                low = [(text, round(ratio, 2)) for text, ratio in found if ratio < AA_CONTRAST]
+                assert low == [], f"{where}: badge text under {AA_CONTRAST}:1"
+    finally:
+        page.emulate_media(color_scheme="light")
+        page.set_viewport_size(VIEWPORT)
+
+
+def overflowing(page: Page) -> list[str]:
+    """The content area, tables and cards wider than their container (empty when all fit)."""
+    found: list[str] = page.evaluate(_OVERFLOWS)
+    return found
+
+
+def badge_contrasts(page: Page) -> list[tuple[str, float]]:
+    """Each visible badge's text and its contrast ratio against what is behind it."""
+    shown: list[dict[str, object]] = page.evaluate(_BADGE_COLOURS, BADGES)
+    return [
+        (str(badge["text"]), contrast(parse_colour(str(badge["color"])), backdrop(list(badge["backgrounds"]))))  # type: ignore[call-overload]
+        for badge in shown
+    ]
+
+
+RGB = tuple[float, float, float]
+
+
+def parse_colour(css: str) -> tuple[float, float, float, float]:
+    """`rgb(r, g, b)` or `rgba(r, g, b, a)` (what getComputedStyle gives) as 0-255 channels and alpha."""
+    numbers = [float(n) for n in re.findall(r"[\d.]+", css)]
+    if not css.startswith("rgb") or len(numbers) not in (3, 4):
+        raise ValueError(f"not an rgb() colour: {css!r}")
+    red, green, blue, alpha = (*numbers, 1.0) if len(numbers) == 3 else numbers
+    return red, green, blue, alpha
+
+
+def backdrop(backgrounds: list[str]) -> tuple[float, float, float, float]:
+    """The colour behind an element: its own and its ancestors' backgrounds, innermost
+    first, laid over each other on the white canvas (translucent ones blended)."""
+    layers = [parse_colour(css) for css in backgrounds]
+    colour: RGB = (255.0, 255.0, 255.0)
+    for red, green, blue, alpha in reversed(layers):
+        colour = (red * alpha + colour[0] * (1 - alpha), green * alpha + colour[1] * (1 - alpha),
+                  blue * alpha + colour[2] * (1 - alpha))  # fmt: skip
+    return (*colour, 1.0)
+
+
+def luminance(colour: tuple[float, float, float, float]) -> float:
+    """WCAG 2's relative luminance of an sRGB colour."""
+
+    def linear(channel: float) -> float:
+        c = channel / 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    red, green, blue, _ = colour
+    return 0.2126 * linear(red) + 0.7152 * linear(green) + 0.0722 * linear(blue)
+
+
+def contrast(text: tuple[float, float, float, float], background: tuple[float, float, float, float]) -> float:
+    """WCAG 2's contrast ratio, 1 to 21 (text with alpha is laid over the background first)."""
+    alpha = text[3]
+    seen = tuple(t * alpha + b * (1 - alpha) for t, b in zip(text[:3], background[:3], strict=True))
+    lighter, darker = sorted((luminance((*seen, 1.0)), luminance(background)), reverse=True)  # type: ignore[arg-type]
+    return (lighter + 0.05) / (darker + 0.05)

@@ -50,7 +50,7 @@ def queued_messages(queue: str) -> list[dict[str, Any]]:
 
 def schedule(**fields: Any) -> PeriodicTask:
     every, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.HOURS)
-    return PeriodicTask.objects.create(name=f"s-{uuid.uuid4().hex[:6]}", task=TASK, interval=every, **fields)
+    return PeriodicTask.objects.create(name=f"s-{uuid.uuid4().hex[:6]}", interval=every, **{"task": TASK, **fields})
 
 
 def test_it_runs_a_schedule_now_with_its_queue_priority_expiry_and_headers(operator: User, queue: str) -> None:
@@ -74,12 +74,12 @@ def test_it_runs_a_schedule_now_with_its_queue_priority_expiry_and_headers(opera
 
 
 def test_it_runs_now_with_overridden_arguments_for_that_run_only(operator: User, queue: str) -> None:
-    task = schedule(queue=queue, kwargs='{"x": 1}')
-    services.run_now(task, by=operator, trigger="api", kwargs={"x": 2})
+    task = schedule(queue=queue, task="maintenance.cleanup_old_runs", kwargs='{"keep_last": 1}')
+    services.run_now(task, by=operator, trigger="api", kwargs={"keep_last": 2})
     [message] = queued_messages(queue)
-    assert message["headers"]["kwargsrepr"] == "{'x': 2}"
+    assert message["headers"]["kwargsrepr"] == "{'keep_last': 2}"
     task.refresh_from_db()
-    assert task.kwargs == '{"x": 1}'
+    assert task.kwargs == '{"keep_last": 1}'
 
 
 def test_it_refuses_to_run_an_expired_schedule_with_a_clear_message(operator: User) -> None:

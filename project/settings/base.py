@@ -31,9 +31,13 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc served from here, not a CDN
+    "django_htmx",  # request.htmx, and htmx itself ({% htmx_script %}): the console's live lists
     "scheduler_app",
     "maintenance",
 ]
+# Your own task apps, without editing this file: BEATKEEPER_APPS=reports,billing (README: Adding a task).
+INSTALLED_APPS += env.apps("BEATKEEPER_APPS", INSTALLED_APPS)
 
 MIDDLEWARE = [
     "scheduler_app.middleware.ProbeMiddleware",  # /healthz, /readyz, /metrics: before host checks and redirects
@@ -45,6 +49,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",  # request.htmx: a live region's refresh gets only the region
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -129,6 +134,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # /api/docs/ and /api/redoc/ load their scripts from this server (drf-spectacular-sidecar).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Celery ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ When Redis does not answer, the page says so at the top and shows what the datab
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.contrib import admin
@@ -17,8 +18,8 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from scheduler_app import selectors
-from scheduler_app.admin import charts
+from scheduler_app import schedules, selectors
+from scheduler_app.admin import charts, display
 
 REFRESH_SECONDS = 10
 SHARED_SECONDS = 5
@@ -36,7 +37,10 @@ def figures(schedules_too: bool, runs_too: bool) -> dict[str, Any]:
     data = cache.get(key)
     if data is None:
         slow = cache.get(SLOW_KEY)
-        data = selectors.dashboard(timezone.now(), schedules_too=schedules_too, runs_too=runs_too, slow=slow)
+        now = timezone.now()
+        data = selectors.dashboard(now, schedules_too=schedules_too, runs_too=runs_too, slow=slow)
+        if schedules_too:
+            data["upcoming"] = upcoming_rows(now)
         if runs_too:
             if slow is None:  # kept for a minute from when it was computed, not from each view
                 cache.set(SLOW_KEY, {"all": data["all"]}, SLOW_FIGURES_SECONDS)
@@ -44,6 +48,16 @@ def figures(schedules_too: bool, runs_too: bool) -> dict[str, Any]:
             data["task_chart"] = charts.median_per_task(data["per_task"])
         cache.set(key, data, SHARED_SECONDS)
     return {**data, "show_schedules": schedules_too, "show_runs": runs_too}
+
+
+def upcoming_rows(now: dt.datetime) -> list[dict[str, Any]]:
+    """The next 24 hours' runs, from the schedules themselves (not the last minute's check,
+    which left a schedule's run out until it had been checked, and dropped one already due):
+    each with its time in its zone, the zone named, and the schedule in words."""
+    return [{"pk": task.pk, "name": task.name, "words": schedules.shown_description(task),
+             "at": f"{run.local():%Y-%m-%d %H:%M:%S %Z}", "utc": f"{run.at:%H:%M:%S} UTC",
+             "in": display.ago(run.at)}
+            for task, run in schedules.upcoming(now)]  # fmt: skip
 
 
 def dashboard_view(request: HttpRequest) -> HttpResponse:

@@ -16,7 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from redis.exceptions import RedisError
 
-from scheduler_app import services
+from scheduler_app import audit, services
 from scheduler_app.runs import dead_letters
 from scheduler_app.runs.dead_letters import DeadLetter
 
@@ -100,9 +100,13 @@ def action_view(request: HttpRequest, letter_id: str, what: str) -> HttpResponse
     try:
         if what == "retry":
             run_id = services.retry_dead_letter(letter.id, by=request.user)
+            audit.record(request.user, "retry", None, object_type="dead letter", object_id=letter.id, via="admin",
+                         changes={"run": run_id, "task": letter.task, "retry_of": letter.task_id})  # fmt: skip
             messages.success(request, f"Retried {letter.task}: new run {run_id}.")
         else:
             services.discard_dead_letter(letter.id)
+            audit.record(request.user, "discard", None, object_type="dead letter", object_id=letter.id, via="admin",
+                         changes={"task": letter.task, "run": letter.task_id, "reason": letter.reason})  # fmt: skip
             messages.success(request, f"Discarded the dead letter of {letter.task} (run {letter.task_id}).")
     except services.ServiceError as exc:
         messages.error(request, str(exc))

@@ -15,14 +15,16 @@ from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 from django_celery_beat.models import PeriodicTask
 
-from scheduler_app import selectors, services
+from scheduler_app import audit, insights, selectors, services
 from scheduler_app.admin import display
+from scheduler_app.admin.insights import flag_long_running, long_marker, state_history_html
 from scheduler_app.admin.readonly import ReadOnly
 from scheduler_app.models import Run
 from scheduler_app.runs import ledger, states
@@ -120,27 +122,33 @@ class RunAdmin(ReadOnly, RunModelAdmin):
     class Media:
         css = {"all": ["beatkeeper/console.css"]}
 
-    list_display = ["run", "state", "schedule", "task_name", "trigger", "scheduled_for", "date_started", "took",
-                    "worker", "attempt"]  # fmt: skip
+    # Compact, so that all fits at 1024 px beside the filters: schedule and task in one cell,
+    # the slot and the start in another, the worker's name short with the whole in its title.
+    list_display = ["run", "state", "what", "trigger", "when", "took", "worker_name", "attempt"]
     list_display_links = ["run"]
     list_filter = [StateFilter, ScheduleFilter, TaskFilter, TriggerFilter, SinceFilter]
     search_fields = ["task_id"]
-    search_help_text = "A run's id (the whole id, or its first 8 characters)."
+    search_help_text = (
+        "A run's id (the whole id, or its first 8 characters), or text in its arguments "
+        "(runs of the last 24 hours, or of the date filter's window up to 7 days)."
+    )
     ordering = ["-date_created"]
     list_per_page = 50
     paginator = CappedPaginator
     show_full_result_count = False
     actions = ["retry", "revoke"]
     change_form_template = "beatkeeper/run_change_form.html"
+    change_list_template = "beatkeeper/run_change_list.html"  # issue 15: refreshes itself (live region)
     fieldsets = [
         (None, {"fields": ["task_id", "state", "schedule", "task_name", "worker"]}),
-        ("Run", {"fields": ["context", "progress", "date_created", "date_started", "date_done", "took"]}),
+        ("Run", {"fields": ["context", "progress", "created", "started", "completed", "took"]}),
+        ("State history", {"fields": ["state_history"]}),  # issue 15
         ("Arguments", {"fields": ["arguments", "keyword_arguments"]}),
-        ("Result", {"fields": ["pretty_result", "error", "traceback"]}),
+        ("Result", {"fields": ["pretty_result", "error", "shown_traceback"]}),
     ]
-    readonly_fields = ["task_id", "state", "schedule", "task_name", "worker", "context", "progress", "date_created",
-                       "date_started", "date_done", "took", "arguments", "keyword_arguments", "pretty_result",
-                       "error", "traceback"]  # fmt: skip
+    readonly_fields = ["task_id", "state", "schedule", "task_name", "worker", "context", "progress", "created",
+                       "started", "completed", "took", "arguments", "keyword_arguments", "pretty_result",
+                       "error", "shown_traceback", "state_history"]  # fmt: skip
 
     def has_retry_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.user.has_perm("scheduler_app.retry_run")
@@ -152,9 +160,8 @@ class RunAdmin(ReadOnly, RunModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        if len(term) < 36:
-            return queryset.filter(task_id__startswith=term), False
-        return queryset.filter(task_id=term), False
+        chosen = selectors.SINCE.get(request.GET.get("since", ""))  # issue 15: by id, else by arguments
+        return insights.search_runs(queryset, term, insights.arguments_since(timezone.now(), chosen)), False
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
@@ -162,6 +169,7 @@ class RunAdmin(ReadOnly, RunModelAdmin):
         changelist = context.get("cl")
         if changelist is not None:
             self._link_schedules(changelist.result_list)
+            flag_long_running(changelist.result_list)  # issue 15: the "long" marker by the state
             capped = changelist.result_count > COUNT_CAP
             context["title"] = f"Runs ({COUNT_CAP:,}+)" if capped else "Runs"
         return response
@@ -179,7 +187,11 @@ class RunAdmin(ReadOnly, RunModelAdmin):
 
     @admin.display(description="state", ordering="status")
     def state(self, run: Run) -> str:
-        return display.state_badge(run.status)
+        return display.state_badge(run.status) + long_marker(run)
+
+    @admin.display(description="state history")
+    def state_history(self, run: Run) -> str:  # issue 15: a time per state, the long-running flag (admin/insights.py)
+        return state_history_html(run)
 
     @admin.display(description="schedule")
     def schedule(self, run: Run) -> str:
@@ -193,6 +205,12 @@ class RunAdmin(ReadOnly, RunModelAdmin):
         url = reverse("admin:django_celery_beat_periodictask_change", args=[pk])
         return format_html('<a href="{}">{}</a>', url, run.periodic_task_name)
 
+    @admin.display(description="schedule / task")
+    def what(self, run: Run) -> str:
+        return format_html(
+            '{}<small title="{}">{}</small>', self.schedule(run), run.task_name or "", run.task_name or "–"
+        )
+
     @admin.display(description="trigger")
     def trigger(self, run: Run) -> str:
         return display.trigger_of(run)
@@ -201,13 +219,47 @@ class RunAdmin(ReadOnly, RunModelAdmin):
     def scheduled_for(self, run: Run) -> str:
         value: Any = run_context(run).get("scheduled_for")  # any JSON value: what is not a string fails below
         try:
-            return dt.datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
+            return display.moment(dt.datetime.fromisoformat(value))
         except (TypeError, ValueError):
             return str(value) if value else "–"
 
+    @admin.display(description="scheduled for / started", ordering="date_created")
+    def when(self, run: Run) -> str:
+        value: Any = run_context(run).get("scheduled_for")
+        try:
+            slot = display.short_moment(dt.datetime.fromisoformat(value))
+        except (TypeError, ValueError):
+            slot = format_html("{}", str(value) if value else "–")
+        started = f"{timezone.localtime(run.date_started):%H:%M:%S}" if run.date_started else "–"
+        return format_html('{}<small title="{}">started {}</small>', slot, display.moment(run.date_started), started)
+
     @admin.display(description="took")
     def took(self, run: Run) -> str:
-        return display.seconds(selectors.duration(run.date_started, run.date_done))
+        return display.took(run)
+
+    @admin.display(description="worker", ordering="worker")
+    def worker_name(self, run: Run) -> str:
+        name = run.worker or ""
+        node, _, host = name.partition("@")  # celery@host.example.com: the node, then the host
+        return format_html('<span title="{}">{}<small>{}</small></span>', name, node or "–", host)
+
+    @admin.display(description="created")
+    def created(self, run: Run) -> str:
+        return display.moment(run.date_created)
+
+    @admin.display(description="started")
+    def started(self, run: Run) -> str:
+        return display.moment(run.date_started)
+
+    @admin.display(description="completed")
+    def completed(self, run: Run) -> str:
+        return display.completed(run)
+
+    @admin.display(description="traceback")
+    def shown_traceback(self, run: Run) -> str:
+        if not run.traceback:
+            return "–"
+        return format_html('<pre class="bk-traceback" id="bk-traceback">{}</pre>', run.traceback)
 
     @admin.display(description="attempt")
     def attempt(self, run: Run) -> str:
@@ -262,28 +314,48 @@ class RunAdmin(ReadOnly, RunModelAdmin):
             context["can_retry"] = self.has_retry_permission(request) and run.status in states.TERMINAL_STATES
             context["can_revoke"] = self.has_revoke_permission(request) and run.status in services.REVOCABLE
             context["running"] = run.status in services.REVOCABLE
+            context["title"] = context["bk_run_title"] = display.run_title(run)  # not `<Task: uuid (SUCCESS)>`
+            context["subtitle"] = None
         return super().render_change_form(request, context, *args, **kwargs)
 
     # --- retry and revoke ----------------------------------------------------------------
     @admin.action(description="Retry selected runs with the same arguments", permissions=["retry"])
     def retry(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
-        self._each(request, queryset, lambda run: services.retry_run(run, by=request.user), "Retried")
+        if self._each(request, queryset, lambda run: services.retry_run(run, by=request.user), "retry"):
+            self.warn_if_no_worker(request)
 
-    @admin.action(description="Revoke selected queued or running runs", permissions=["revoke"])
-    def revoke(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
-        self._each(request, queryset, lambda run: services.revoke_run(run, by=request.user), "Revoked")
+    @admin.action(description="Revoke selected queued or running runs…", permissions=["revoke"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[Run]) -> HttpResponse | None:
+        if request.POST.get("confirm") != "yes":  # first the confirmation page, then (POSTed again) the revocation
+            return self.confirm_revoke(request, list(queryset[:500]), bulk=True)
+        self._each(request, queryset, lambda run: services.revoke_run(run, by=request.user), "revoke")
+        return None
 
-    def _each(self, request: HttpRequest, queryset: QuerySet[Run], write: Any, done: str) -> None:
-        count = 0
+    def confirm_revoke(self, request: HttpRequest, runs: list[Run], *, bulk: bool) -> TemplateResponse:
+        changelist = reverse("admin:scheduler_app_run_changelist")
+        one = reverse("admin:scheduler_app_run_change", args=[runs[0].pk]) if runs and not bulk else changelist
+        context = {**self.admin_site.each_context(request), "title": "Revoke runs?", "runs": runs, "bulk": bulk,
+                   "opts": self.opts, "action_url": request.get_full_path(), "back_url": one}  # fmt: skip
+        return TemplateResponse(request, "beatkeeper/run_revoke_confirm.html", context)
+
+    def warn_if_no_worker(self, request: HttpRequest) -> None:
+        for warning in services.run_warnings():  # queued all the same; it waits for a worker
+            self.message_user(request, warning, messages.WARNING)
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[Run], write: Any, what: str) -> int:
+        done, count = DONE[what], 0
         for run in queryset[:500]:
             try:
                 new_id = write(run)
                 self.log_change(request, run, f"{done}" + (f": new run {new_id}" if new_id else ""))
+                audit.record(request.user, what, run, object_type="run", changes={"run": new_id} if new_id else {},
+                             via="admin")  # fmt: skip
                 count += 1
             except services.ServiceError as exc:
                 self.message_user(request, f"{run.task_id[:8]}: {exc}", messages.ERROR)
         if count:
             self.message_user(request, f"{done} {count} run(s).", messages.SUCCESS)
+        return count
 
     def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Run | None:
         run = super().get_object(request, object_id, from_field)
@@ -300,19 +372,27 @@ class RunAdmin(ReadOnly, RunModelAdmin):
         run = get_object_or_404(Run, pk=pk)
         if what not in ("retry", "revoke") or not getattr(self, f"has_{what}_permission")(request, run):
             raise PermissionDenied
+        if what == "revoke" and request.POST.get("confirm") != "yes":
+            return self.confirm_revoke(request, [ledger.fresh(run)], bulk=False)
         try:
             if what == "retry":
                 new_id = services.retry_run(run, by=request.user)
                 self.log_change(request, run, f"Retried: new run {new_id}")
+                audit.record(request.user, "retry", run, object_type="run", changes={"run": new_id}, via="admin")
                 run = Run.objects.get(task_id=new_id)
                 self.message_user(request, "Retried: this is the new run.", messages.SUCCESS)
+                self.warn_if_no_worker(request)
             else:
                 services.revoke_run(run, by=request.user)
                 self.log_change(request, run, "Revoked")
+                audit.record(request.user, "revoke", run, object_type="run", via="admin")
                 self.message_user(request, "Revoked.", messages.SUCCESS)
         except services.ServiceError as exc:
             self.message_user(request, str(exc), messages.ERROR)
         return HttpResponseRedirect(reverse("admin:scheduler_app_run_change", args=[run.pk]))
+
+
+DONE = {"retry": "Retried", "revoke": "Revoked"}
 
 
 def loads(text: str | None) -> Any:

@@ -16,14 +16,18 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonRes
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import conditional_escape, format_html, format_html_join
+from django.utils.safestring import mark_safe
+from django.utils.text import Truncator
 from django.views.decorators.http import require_POST
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import limits, schedules, selectors, services
+from scheduler_app import audit, limits, schedules, selectors, services
 from scheduler_app.admin import display
+from scheduler_app.admin.audit import Audited
 from scheduler_app.admin.forms import AdminScheduleForm, ScheduleActionForm, zone_choices
+from scheduler_app.admin.insights import attach_timelines, schedule_timeline
 from scheduler_app.beat import slots
 from scheduler_app.models import ScheduleHealth, SchedulePolicy
 from scheduler_app.monitoring import alerts
@@ -135,12 +139,13 @@ class ScheduleChangeList(ChangeList):
         super().get_results(request)
         stats = selectors.run_stats([task.name for task in self.result_list])
         now = timezone.now()
+        attach_timelines(self.result_list, now)  # the page's timelines: one query
         for task in self.result_list:
             task.stats = stats.get(task.name)
             task.upcoming = schedules.shown_next_run(task, now)
 
 
-class ScheduleAdmin(ScheduleModelAdmin):
+class ScheduleAdmin(Audited, ScheduleModelAdmin):
     class Media:
         css = {"all": ["beatkeeper/console.css"]}
 
@@ -149,13 +154,17 @@ class ScheduleAdmin(ScheduleModelAdmin):
     inlines = [PolicyInline]
     list_per_page = 50
     list_select_related = ["interval", "crontab", "solar", "clocked", "policy__owner", "policy__paused_by", "health"]
-    list_display = ["name", "task", "schedule", "zone", "next_run", "last_run", "success", "median", "overlap",
-                    "state", "owner", "health_state"]  # fmt: skip
+    # Compact, so that all fits at 1024 px beside the filters: related facts share a cell (the
+    # name over its task, success over median, the owner over the overlap policy).
+    list_display = ["name_and_task", "schedule", "next_run", "last_run", "timeline", "success_and_median", "state",
+                    "owner", "health_state"]  # fmt: skip
+    list_display_links = ["name_and_task"]
     list_filter = [StateFilter, HealthFilter, TaskFilter, QueueFilter, LastOutcomeFilter]
     search_fields = ["name", "task", "description"]
     ordering = ["name"]
     actions = ["run_now", "pause", "resume", "duplicate"]
-    readonly_fields = ["pause_state", "last_runs", "incidents", "total_run_count", "last_run_at", "date_changed"]
+    readonly_fields = ["timeline", "pause_state", "last_runs", "incidents", "total_run_count", "last_run_at",
+                       "date_changed"]  # fmt: skip
     change_form_template = "beatkeeper/schedule_change_form.html"
     fieldsets = [
         (None, {"fields": ["name", "task", "description", "enabled", "pause_state"]}),
@@ -164,6 +173,7 @@ class ScheduleAdmin(ScheduleModelAdmin):
             {
                 "fields": [
                     "kind",
+                    "cron_expression",
                     ("minute", "hour", "day_of_month", "month_of_year", "day_of_week"),
                     "cron_timezone",
                     ("every", "period"),
@@ -176,7 +186,7 @@ class ScheduleAdmin(ScheduleModelAdmin):
         ),  # fmt: skip
         ("Arguments", {"fields": ["args", "kwargs"]}),
         ("Message options", {"fields": ["queue", "priority", "expires", "expire_seconds", "headers"]}),
-        ("Recent runs", {"fields": ["last_runs", "last_run_at", "total_run_count", "date_changed"]}),
+        ("Recent runs", {"fields": ["timeline", "last_runs", "last_run_at", "total_run_count", "date_changed"]}),
         ("Incidents (late, failing, recovered)", {"fields": ["incidents"]}),
     ]
 
@@ -187,9 +197,17 @@ class ScheduleAdmin(ScheduleModelAdmin):
         return self.fieldsets if obj else self.fieldsets[:-2]
 
     # --- columns -------------------------------------------------------------------------
+    @admin.display(description="name / task", ordering="name")
+    def name_and_task(self, task: PeriodicTask) -> str:
+        return format_html('{}<small title="{}">{}</small>', task.name, task.task, task.task)
+
     @admin.display(description="schedule")
     def schedule(self, task: PeriodicTask) -> str:
         return schedules.shown_description(task)
+
+    @admin.display(description="success / median")
+    def success_and_median(self, task: PeriodicTask) -> str:
+        return format_html('{}<small title="median duration">{}</small>', self.success(task), self.median(task))
 
     @admin.display(description="zone")
     def zone(self, task: PeriodicTask) -> str:
@@ -232,17 +250,19 @@ class ScheduleAdmin(ScheduleModelAdmin):
         if policy is None or policy.paused_at is None:
             return format_html('<span class="bk-state bk-disabled">{}</span>', "disabled")
         return format_html(
-            '<span class="bk-state bk-paused" title="{}">paused</span><br><small>by {} {}</small>{}',
+            '<span class="bk-state bk-paused" title="{}">paused</span><small>by {} {}</small>{}',
             policy.pause_note,
             policy.paused_by or "someone",
             display.ago(policy.paused_at),
-            format_html("<br><small>“{}”</small>", policy.pause_note) if policy.pause_note else "",
+            format_html("<small>“{}”</small>", Truncator(policy.pause_note).chars(60)) if policy.pause_note else "",
         )
 
-    @admin.display(description="owner")
+    @admin.display(description="owner / overlap")
     def owner(self, task: PeriodicTask) -> str:
         policy = getattr(task, "policy", None)
-        return str(policy.owner) if policy and policy.owner else "–"
+        owner = str(policy.owner) if policy and policy.owner else "–"
+        return format_html('<span title="{}">{}</span><small title="overlap policy">{}</small>', owner, owner,
+                           self.overlap(task))  # fmt: skip
 
     @admin.display(description="health")
     def health_state(self, task: PeriodicTask) -> str:
@@ -257,6 +277,10 @@ class ScheduleAdmin(ScheduleModelAdmin):
         if policy is None or policy.paused_at is None:
             return "no"
         return format_html("by {} on {}: “{}”", policy.paused_by or "someone", policy.paused_at, policy.pause_note)
+
+    @admin.display(description="last slots")
+    def timeline(self, task: PeriodicTask) -> str:  # issue 15: the strip of its last slots (admin/insights.py)
+        return schedule_timeline(task, legend=not hasattr(task, "timeline_cells"))
 
     @admin.display(description="last runs")
     def last_runs(self, task: PeriodicTask) -> str:
@@ -316,23 +340,60 @@ class ScheduleAdmin(ScheduleModelAdmin):
         extra = {"zones": [zone for zone, _ in zone_choices()], **(extra_context or {})}
         return super().changeform_view(request, object_id, form_url, extra)
 
+    # --- the schedule named in words (not `30 2 * * * (m/h/dM/MY/d) Europe/Berlin`) ---------
+    def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        task = context.get("original")
+        if task is not None:
+            context["subtitle"] = context["bk_schedule_title"] = in_words(task)
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    def response_add(
+        self, request: HttpRequest, obj: PeriodicTask, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        request.bk_named = obj  # type: ignore[attr-defined]  # read by message_user, for this request only
+        return super().response_add(request, obj, post_url_continue)
+
+    def response_change(self, request: HttpRequest, obj: PeriodicTask) -> HttpResponse:
+        request.bk_named = obj  # type: ignore[attr-defined]
+        return super().response_change(request, obj)
+
+    def message_user(self, request: HttpRequest, message: Any, *args: Any, **kwargs: Any) -> None:
+        """The admin's "The periodic task “…” was added" names the schedule by its __str__;
+        here it is named as the list names it."""
+        task = getattr(request, "bk_named", None)
+        if task is not None:
+            shown = conditional_escape(str(task))
+            message = mark_safe(str(conditional_escape(message)).replace(shown, conditional_escape(in_words(task))))  # noqa: S308  (both parts escaped)
+        super().message_user(request, message, *args, **kwargs)
+
     def apply(self, request: HttpRequest, task: PeriodicTask, what: str) -> PeriodicTask:
-        """One write on one schedule, logged in the admin's history; returns the schedule to show."""
+        """One write on one schedule, logged in the admin's history and the audit trail (as the
+        API records it); returns the schedule to show."""
         if what == "run":
             run_id = services.run_now(task, by=request.user)
             self.log_change(request, task, f"Ran now: run {run_id}")
+            audit.record(request.user, "run", task, changes={"run": run_id}, via="admin")
         elif what == "pause":
             note = pause_note(request)
             services.pause(task, by=request.user, note=note)
             self.log_change(request, task, f"Paused: {note}" if note else "Paused")
+            audit.record(request.user, "pause", task, changes={"note": note}, via="admin")
         elif what == "resume":
             services.resume(task, by=request.user)
             self.log_change(request, task, "Resumed")
+            audit.record(request.user, "resume", task, via="admin")
         elif what == "duplicate":
             copy = services.duplicate(task, by=request.user)
             self.log_addition(request, copy, f"Duplicated from {task.name}")
+            audit.record(request.user, "duplicate", copy, changes={"from": task.name, **audit.snapshot(copy)},
+                         via="admin")  # fmt: skip
             return copy
         return task
+
+    def warn_if_no_worker(self, request: HttpRequest) -> None:
+        """Queued all the same; the operator is told it waits for a worker."""
+        for warning in services.run_warnings():
+            self.message_user(request, warning, messages.WARNING)
 
     def response_action(
         self, request: HttpRequest, queryset: QuerySet[PeriodicTask], *args: Any, **kwargs: Any
@@ -357,6 +418,8 @@ class ScheduleAdmin(ScheduleModelAdmin):
                 self.message_user(request, f"{task.name}: {exc}", messages.ERROR)
         if count:
             self.message_user(request, done.format(count=count), messages.SUCCESS)
+            if what == "run":
+                self.warn_if_no_worker(request)
 
     @admin.action(description="Run selected schedules now", permissions=["change"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
@@ -398,7 +461,8 @@ class ScheduleAdmin(ScheduleModelAdmin):
             preview = form.preview(editing=self.edited(request))
         except (slots.InvalidSchedule, OverflowError) as exc:
             return JsonResponse({"ok": False, "errors": {"__all__": [str(exc)]}})
-        runs = [{"local": r["local"].isoformat(), "utc": r["utc"].isoformat(), "dst_change": r["dst_change"]}
+        runs = [{"local": r["local"].isoformat(), "utc": r["utc"].isoformat(), "dst_change": r["dst_change"],
+                 "shown_local": f"{r['local']:%Y-%m-%d %H:%M:%S %Z}", "shown_utc": f"{r['utc']:%Y-%m-%d %H:%M:%S} UTC"}
                 for r in preview["runs"]]  # fmt: skip
         return JsonResponse({"ok": True, "zone": preview["zone"], "runs": runs})
 
@@ -418,6 +482,8 @@ class ScheduleAdmin(ScheduleModelAdmin):
         try:
             shown = self.apply(request, task, what)
             self.message_user(request, BUTTONS[what], messages.SUCCESS)
+            if what == "run":
+                self.warn_if_no_worker(request)
         except services.ServiceError as exc:
             shown = task
             self.message_user(request, str(exc), messages.ERROR)
@@ -426,6 +492,7 @@ class ScheduleAdmin(ScheduleModelAdmin):
 
 SCHEDULE_FIELDS = {
     "kind",
+    "cron_expression",
     "minute",
     "hour",
     "day_of_month",
@@ -447,6 +514,11 @@ BUTTONS = {
     "resume": "Resumed: it runs from its next slot.",
     "duplicate": "This is a disabled copy; edit it, then enable it.",
 }
+
+
+def in_words(task: PeriodicTask) -> str:
+    """`<name> (<schedule in words>)`, as the list says it."""
+    return f"{task.name} ({schedules.shown_description(task)})"
 
 
 def pause_note(request: HttpRequest) -> str:

@@ -308,6 +308,10 @@ class RunSerializer(serializers.ModelSerializer[Run]):  # the API shows Runs (Ta
     progress = serializers.SerializerMethodField()
     duration = serializers.SerializerMethodField()
     result = serializers.SerializerMethodField()
+    task_args = serializers.SerializerMethodField()
+    task_kwargs = serializers.SerializerMethodField()
+    task_args_truncated = serializers.SerializerMethodField()
+    task_kwargs_truncated = serializers.SerializerMethodField()
 
     class Meta:
         model = TaskResult
@@ -326,10 +330,30 @@ class RunSerializer(serializers.ModelSerializer[Run]):  # the API shows Runs (Ta
             "progress",
             "task_args",
             "task_kwargs",
+            "task_args_truncated",
+            "task_kwargs_truncated",
             "result",
             "traceback",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.ANY)
+    def get_task_args(self, run: Run) -> Any:
+        """The run's positional arguments as data; their recorded text when it was cut."""
+        return history.recorded_arguments(run.task_args)[0]
+
+    @extend_schema_field(OpenApiTypes.ANY)
+    def get_task_kwargs(self, run: Run) -> Any:
+        return history.recorded_arguments(run.task_kwargs)[0]
+
+    @extend_schema_field(OpenApiTypes.BOOL)
+    def get_task_args_truncated(self, run: Run) -> bool:
+        """True when Celery recorded the arguments cut short: `task_args` is then their text."""
+        return history.recorded_arguments(run.task_args)[1]
+
+    @extend_schema_field(OpenApiTypes.BOOL)
+    def get_task_kwargs_truncated(self, run: Run) -> bool:
+        return history.recorded_arguments(run.task_kwargs)[1]
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_context(self, run: Run) -> dict[str, Any]:
@@ -351,3 +375,6 @@ class RunSerializer(serializers.ModelSerializer[Run]):  # the API shows Runs (Ta
 
 class RunCreatedSerializer(serializers.Serializer[dict[str, Any]]):
     run = serializers.CharField(help_text="The new run's id (task_id).")
+    warnings = serializers.ListField(
+        child=serializers.CharField(), help_text="Queued all the same, but worth a word: no worker online."
+    )

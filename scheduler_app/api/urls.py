@@ -1,14 +1,16 @@
-"""/api/: schedules, runs, tasks, and the OpenAPI schema at /api/schema/."""
+"""/api/: an index, schedules, runs, tasks, dead letters; the OpenAPI schema at /api/schema/ and its
+browsable documentation at /api/docs/ (Swagger UI) and /api/redoc/ (Redoc)."""
 
 from __future__ import annotations
 
 from django.urls import include, path, re_path
 from drf_spectacular.renderers import OpenApiJsonRenderer
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.permissions import IsAdminUser
 from rest_framework.routers import DefaultRouter
 
 from scheduler_app.api.deadletters import DeadLetterViewSet
+from scheduler_app.api.index import ApiIndex, docs_view
 from scheduler_app.api.views import RunViewSet, ScheduleViewSet, TaskList, not_found
 
 router = DefaultRouter()
@@ -18,7 +20,10 @@ router.register("runs", RunViewSet, basename="run")
 router.register("dead-letters", DeadLetterViewSet, basename="dead-letter")
 
 urlpatterns = [
+    path("", ApiIndex.as_view(), name="api-index"),
     path("tasks/", TaskList.as_view(), name="api-tasks"),
+    path("docs/", docs_view(SpectacularSwaggerView), name="api-docs"),
+    path("redoc/", docs_view(SpectacularRedocView), name="api-redoc"),
     path(
         "schema/",
         SpectacularAPIView.as_view(permission_classes=[IsAdminUser], renderer_classes=[OpenApiJsonRenderer]),

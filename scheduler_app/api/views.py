@@ -3,9 +3,8 @@ form's, writes are `scheduler_app.services`', and every write leaves an audit en
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, cast
+from typing import Any
 
 from celery import current_app
 from django.db import transaction
@@ -23,7 +22,6 @@ from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import APIView
 
 from scheduler_app import audit, catalog, schedules, selectors, services
@@ -54,6 +52,8 @@ def refused(exc: services.ServiceError) -> APIException:
     """A service's refusal as the API's answer: the broker down is a 503, the rest a 409."""
     if isinstance(exc, services.BrokerUnavailable):
         return BrokerUnavailable(str(exc))
+    if isinstance(exc, services.ArgumentsRefused):
+        return ValidationError({"kwargs": [str(exc)]})
     return Conflict(str(exc))
 
 
@@ -139,17 +139,17 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
     @transaction.atomic  # the write and its audit entry, together
     def perform_create(self, serializer: serializers.BaseSerializer[PeriodicTask]) -> None:
         task = serializer.save()
-        audit.record(self.request.user, "create", task, changes=snapshot(task))
+        audit.record(self.request.user, "create", task, changes=audit.snapshot(task))
 
     @transaction.atomic
     def perform_update(self, serializer: serializers.BaseSerializer[PeriodicTask]) -> None:
-        before = snapshot(serializer.instance)
+        before = audit.snapshot(serializer.instance)
         task = serializer.save()
-        audit.record(self.request.user, "update", task, changes=audit.diff(before, snapshot(task)))
+        audit.record(self.request.user, "update", task, changes=audit.diff(before, audit.snapshot(task)))
 
     def perform_destroy(self, task: PeriodicTask) -> None:
         with transaction.atomic():
-            audit.record(self.request.user, "delete", task, changes=snapshot(task))
+            audit.record(self.request.user, "delete", task, changes=audit.snapshot(task))
             task.delete()
 
     @extend_schema(request=api.PauseSerializer, responses=api.ScheduleSerializer)
@@ -185,7 +185,7 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
         except services.ServiceError as exc:
             raise refused(exc) from None
         audit.record(request.user, "run", task, changes={"run": run_id, **body.validated_data})
-        return Response({"run": run_id}, status=status.HTTP_202_ACCEPTED)
+        return Response({"run": run_id, "warnings": services.run_warnings()}, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
         parameters=[OpenApiParameter("count", int, description=f"1 to {MAX_NEXT_RUNS}; default 5.")],
@@ -226,19 +226,6 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
         return Response([{**alerts.payload(incident), "deliveries": incident.deliveries} for incident in found])
 
 
-def snapshot(task: PeriodicTask) -> dict[str, Any]:
-    """What an audit entry keeps of a schedule: its readable fields, as JSON."""
-    task = PeriodicTask.objects.select_related("interval", "crontab", "solar", "clocked", "policy").get(pk=task.pk)
-    data = dict(api.ScheduleSerializer(task).data)
-    for volatile in ("next_run", "health", "date_changed", "last_run_at", "total_run_count"):
-        data.pop(volatile, None)  # what changes by itself is not what the caller changed
-    return cast(dict[str, Any], json_safe(data))  # a dict through JSON is a dict
-
-
-def json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, cls=JSONEncoder))
-
-
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Run]):
     """Runs, newest first: filters state, schedule, task, trigger, since; retry, revoke."""
 
@@ -253,7 +240,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         if state := choice(self.request, "state", selectors.RUN_STATES):
             runs = runs.filter(status=state)
         if params.get("schedule"):
-            runs = runs.filter(periodic_task_name=params["schedule"])
+            runs = runs.filter(periodic_task_name=schedule_name(params["schedule"]))
         if params.get("task"):
             runs = runs.filter(task_name=params["task"])
         if trigger := choice(self.request, "trigger", TRIGGERS):
@@ -267,7 +254,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         the recorder has not written yet is answered from Redis, with `id` null."""
         key = str(self.kwargs.get(self.lookup_url_kwarg or self.lookup_field, ""))
         runs = self.filter_queryset(self.get_queryset())
-        run = runs.filter(pk=int(key)).first() if key.isdigit() else None
+        run = runs.filter(pk=int(key)).first() if key.isascii() and key.isdecimal() else None
         if run is None and RUN_ID.fullmatch(key):
             run = runs.filter(task_id=key).first()
             if run is None:
@@ -284,7 +271,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     @extend_schema(
         parameters=[
             OpenApiParameter("state", str, enum=selectors.RUN_STATES),
-            OpenApiParameter("schedule", str),
+            OpenApiParameter("schedule", str, description="A schedule's id or name."),
             OpenApiParameter("task", str),
             OpenApiParameter("trigger", str, enum=list(TRIGGERS)),
             OpenApiParameter("since", str, enum=list(selectors.SINCE)),
@@ -303,7 +290,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         except services.ServiceError as exc:
             raise refused(exc) from None
         audit.record(request.user, "retry", run, object_type="run", changes={"run": new_id})
-        return Response({"run": new_id}, status=status.HTTP_202_ACCEPTED)
+        return Response({"run": new_id, "warnings": services.run_warnings()}, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses=api.RunSerializer)
     @action(detail=True, methods=["post"])
@@ -316,6 +303,19 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             raise refused(exc) from None
         audit.record(request.user, "revoke", run, object_type="run")
         return Response(api.RunSerializer(self.get_object()).data)
+
+
+def schedule_name(given: str) -> str:
+    """The `schedule` filter's name: a schedule's id (a number) or its name. A name no schedule
+    has is still taken while runs carry it (a schedule deleted since); anything else is a 400."""
+    if given.isascii() and given.isdecimal():
+        name = PeriodicTask.objects.filter(pk=int(given)).values_list("name", flat=True).first()
+        if name is not None:
+            return str(name)
+    if PeriodicTask.objects.filter(name=given).exists() or Run.objects.filter(periodic_task_name=given).exists():
+        return given
+    raise ValidationError({"schedule": [f"no schedule {given!r}: give a schedule's id (a number) or its name "
+                                        "(GET /api/schedules/)."]})  # fmt: skip
 
 
 class TaskList(APIView):
@@ -348,4 +348,6 @@ def task_data(name: str, task: Any, definition: catalog.TaskDefinition | None) -
 
 @csrf_exempt  # it changes nothing; a write to a wrong path gets the JSON 404, not the CSRF page
 def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
-    return JsonResponse({"detail": f"no API endpoint at {request.path}; see /api/schema/."}, status=404)
+    return JsonResponse(
+        {"detail": f"no API endpoint at {request.path}; see /api/ (the index) and /api/docs/."}, status=404
+    )

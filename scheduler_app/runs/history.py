@@ -9,6 +9,7 @@ redelivery of the same run reads the run's row once and carries the earlier atte
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import json
 import logging
@@ -144,6 +145,33 @@ def _error_of(row: TaskResult) -> str | None:
         return f"{stored['exc_type']}: {text}"
     lines = [line for line in (row.traceback or "").strip().splitlines() if line.strip()]
     return lines[-1] if lines else None
+
+
+REPR_LIMIT = 1024  # characters of a run's arguments Celery records (argsrepr / kwargsrepr, cut past it)
+
+
+def recorded_arguments(stored: str | None) -> tuple[Any, bool]:
+    """A run's recorded args or kwargs as data, and whether they were cut. django-celery-results
+    keeps them as a JSON string holding their Python repr, which Celery cuts at REPR_LIMIT
+    characters: a repr that parses and is not that long is the data; one that does not
+    parse, or may have been cut (a cut string still parses), is answered as its text, with True."""
+    if not stored:
+        return None, False
+    try:
+        text = json.loads(stored)
+    except (ValueError, RecursionError):
+        return stored, True
+    if not isinstance(text, str):
+        return text, False  # stored as data (written by something else)
+    if len(text) >= REPR_LIMIT - 8:
+        return text, True
+    try:
+        value = ast.literal_eval(text)
+        value = list(value) if isinstance(value, tuple) else value  # a worker may record args as a tuple
+        json.dumps(value)  # a shortened repr ends in "..." (Ellipsis): not data
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text, True
+    return value, False
 
 
 def run_context(row: TaskResult) -> dict[str, Any]:

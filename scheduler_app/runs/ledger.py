@@ -39,7 +39,7 @@ from django_celery_results.backends.database import DatabaseBackend
 from django_celery_results.models import TaskResult
 
 from scheduler_app.connection import redis_client, request_timeout
-from scheduler_app.runs import states
+from scheduler_app.runs import state_history, states
 from scheduler_app.runs.context import context_of, header_of
 
 logger = logging.getLogger(__name__)
@@ -388,10 +388,14 @@ def fresh(row: _Row) -> _Row:
     if not newer(found.rank, final, rank_of(row.status, attempt_in(row.meta)), refines=found.refines,
                  current=row.status):  # fmt: skip
         return row
+    recorded_meta = row.meta
     for key in COLUMNS:
         value = found.columns.get(key)
         if value is not None or key not in IDENTITY:
             setattr(row, key, value)
+    if found.date_done is not None:  # the state history as the recorder will write it
+        new = state_history.of_event(found.status, found.date_done, found.date_started)
+        row.meta = state_history.with_states(row.meta, recorded_meta, new)
     row.date_started = found.date_started or row.date_started
     row.date_done = found.date_done or row.date_done
     return row

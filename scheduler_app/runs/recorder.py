@@ -37,7 +37,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import LockError, ResponseError
 
 from scheduler_app.connection import redis_client
-from scheduler_app.runs import ledger
+from scheduler_app.runs import ledger, state_history
 
 if TYPE_CHECKING:
     from django.db.models import Field
@@ -87,6 +87,7 @@ class Run:
     first_at: dt.datetime
     identity: dict[str, Any] = field(default_factory=dict)
     started: dt.datetime | None = None
+    states: list[state_history.State] = field(default_factory=list)  # every change of the batch, for meta["states"]
 
 
 def parse(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
@@ -116,6 +117,7 @@ def fold(events: Iterable[Event]) -> dict[str, Run]:
             run.event = event
         run.first_at = min(run.first_at, event.started or event.at)  # a short run's one write carries its start
         run.identity.update({key: event.columns[key] for key in IDENTITY if event.columns.get(key) is not None})
+        run.states += state_history.of_event(str(event.columns.get("status")), event.at, event.started)
         if event.started is not None and ledger.attempt_of(event.rank) == ledger.attempt_of(run.event.rank):
             run.started = event.started
     return runs
@@ -152,6 +154,7 @@ def write(runs: dict[str, Run]) -> int:
                     continue
             identity = {key: (row or {}).get(key) for key in IDENTITY} | run.identity
             columns = run.event.columns | identity
+            columns["meta"] = state_history.with_states(columns.get("meta"), (row or {}).get("meta"), run.states)
             same_attempt = row is not None and ledger.attempt_in(row["meta"]) == ledger.attempt_of(run.event.rank)
             started = run.started or (row["date_started"] if same_attempt and row else None)
             values.append(

@@ -60,7 +60,7 @@ def form_data(**changes: Any) -> dict[str, Any]:
         ("args", "{not json", "Not valid JSON"),
         ("args", '{"a": 1}', "Must be a JSON list"),
         ("kwargs", "[1]", "Must be a JSON object"),
-        ("task", "os.system", "Select a valid choice"),
+        ("task", "os.system", "No task named 'os.system' is registered; the registered tasks are: "),
     ],
 )
 def test_it_explains_each_bad_field(field: str, value: str, message: str) -> None:

@@ -167,6 +167,8 @@ def test_the_console_lists_dead_letters_and_retries_one_after_a_confirmation(key
     new = TaskResult.objects.get()
     assert run_context(new)["retry_of"] == found.task_id and new.status == "PENDING"
     assert dead_letters.get(found.id) is None
+    entry = AuditEntry.objects.get(action="retry", object_type="dead letter")
+    assert (entry.via, entry.object_id, entry.changes["run"]) == ("admin", found.id, new.task_id)
 
 
 def test_the_console_discards_only_with_the_permission(key: str) -> None:
@@ -181,6 +183,8 @@ def test_the_console_discards_only_with_the_permission(key: str) -> None:
     done = csrf_post(discarder, f"/admin/dead-letters/{found.id}/discard/")
     assert done.status_code == 302 and dead_letters.get(found.id) is None
     assert discarder.get(f"/admin/dead-letters/{found.id}/").status_code == 404
+    entry = AuditEntry.objects.get(action="discard", object_type="dead letter")
+    assert (entry.via, entry.object_id, entry.changes["run"]) == ("admin", found.id, found.task_id)
 
 
 def test_the_store_keeps_at_most_the_cap_dropping_the_oldest(key: str, settings: Any) -> None:

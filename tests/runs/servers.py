@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -148,18 +149,21 @@ def _traversable(directory: Path) -> None:
 
 
 @contextmanager
-def postgres_cluster(tmp_path: Path) -> Iterator[PostgresCluster]:
-    """A migrated PostgreSQL of the test's own; stopped (immediate) whatever happens."""
-    cluster = PostgresCluster(tmp_path / "pg", free_port())
-    cluster.init()
-    cluster.start()
-    try:
-        cluster.create_database()
-        cluster.migrate()
-        yield cluster
-    finally:
-        if cluster.running():
-            cluster.stop("immediate")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A migrated PostgreSQL of the test's own; stopped (immediate) whatever happens. Its
+    data lives outside pytest's temporary tree: every pytest session that starts takes
+    other users' access off that tree again, which would lock out the cluster's user."""
+    with tempfile.TemporaryDirectory(prefix="beatkeeper-pg-") as directory:
+        cluster = PostgresCluster(Path(directory) / "pg", free_port())
+        cluster.init()
+        cluster.start()
+        try:
+            cluster.create_database()
+            cluster.migrate()
+            yield cluster
+        finally:
+            if cluster.running():
+                cluster.stop("immediate")
 
 
 class RedisServer:

@@ -156,7 +156,7 @@ def test_runs_go_on_while_postgresql_is_stopped_and_all_are_recorded_once_it_is_
     sender = Sender(key)
     retried = {"max_retries": 200, "retry_backoff": 1, "retry_backoff_max": 4, "retry_jitter": False}
     with (
-        postgres_cluster(tmp_path) as pg,
+        postgres_cluster() as pg,
         recorder(tmp_path, DATABASE_URL=pg.url) as recording,
         bare_worker(tmp_path, *TASKS, DATABASE_URL=pg.url) as proc,
     ):

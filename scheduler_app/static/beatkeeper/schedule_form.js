@@ -1,14 +1,17 @@
 // The schedule form's live preview: the next runs in the schedule's zone and UTC,
-// fetched (GET, nothing saved) whenever a schedule field changes. Text only: no HTML
+// fetched (GET, nothing saved) whenever a schedule field changes, shown right under the
+// schedule's fields; a problem is shown by the field it is about. A whole crontab
+// expression pasted into "Whole expression" fills the five fields. Text only: no HTML
 // from the server is inserted.
 "use strict";
 (function () {
   const KIND_ROWS = {
-    crontab: ["minute", "cron_timezone"],
+    crontab: ["cron_expression", "minute", "cron_timezone"],
     interval: ["every"],
     clocked: ["clocked_time"],
     solar: ["solar_event"],
   };
+  const CRON_PARTS = ["minute", "hour", "day_of_month", "month_of_year", "day_of_week"];
 
   function showKind(form) {
     const chosen = form.querySelector("input[name=kind]:checked");
@@ -26,10 +29,28 @@
     document.getElementById("bk-preview-status").textContent = text;
   }
 
-  function render(data) {
+  // Each field's problem under the field itself (its box in a row of several), not only in the preview.
+  // The server's errors of the last save are replaced by the preview's, which are current.
+  function showErrors(form, errors) {
+    for (const old of form.querySelectorAll(".bk-preview-error")) old.remove();
+    const scheduleSet = form.querySelector(".field-kind") && form.querySelector(".field-kind").closest("fieldset");
+    if (scheduleSet) for (const stale of scheduleSet.querySelectorAll(".errorlist")) stale.remove();
+    for (const [field, messages] of Object.entries(errors)) {
+      const box = form.querySelector(".fieldBox.field-" + field) || form.querySelector(".form-row.field-" + field);
+      if (!box) continue;
+      const note = document.createElement("p");
+      note.className = "bk-preview-error";
+      note.setAttribute("role", "alert");
+      note.textContent = messages.join(" ");
+      box.after(note); // under the field (a row of several fields: under its own box)
+    }
+  }
+
+  function render(form, data) {
     const table = document.getElementById("bk-preview-table");
     const body = table.querySelector("tbody");
     body.replaceChildren();
+    showErrors(form, data.ok ? {} : data.errors || {});
     if (!data.ok) {
       table.hidden = true;
       const problems = Object.entries(data.errors || {}).map(([field, errors]) => field + ": " + errors.join(" "));
@@ -43,8 +64,8 @@
     }
     for (const run of data.runs) {
       const row = body.insertRow();
-      row.insertCell().textContent = run.local.replace("T", " ");
-      row.insertCell().textContent = run.utc.replace("T", " ").replace("+00:00", "Z");
+      row.insertCell().textContent = run.shown_local;
+      row.insertCell().textContent = run.shown_utc;
       const mark = row.insertCell();
       if (run.dst_change) {
         mark.textContent = "UTC offset changes (daylight saving)";
@@ -52,7 +73,7 @@
       }
     }
     table.hidden = false;
-    setStatus("Next " + data.runs.length + " runs, zone " + data.zone + ":");
+    setStatus("Next " + data.runs.length + " runs, as beat will send them (zone " + data.zone + "):");
   }
 
   let pending = null;
@@ -66,17 +87,34 @@
       const url = preview.dataset.url;
       try {
         const response = await fetch(url + "?" + params.toString(), { credentials: "same-origin" });
-        render(await response.json());
+        render(form, await response.json());
       } catch (error) {
         setStatus("Preview unavailable: " + error);
       }
     }, 250);
   }
 
+  // "30 2 * * *" pasted: the five fields take its parts (the pasted text is then cleared,
+  // so the five fields are what is sent).
+  function fillFromExpression(form, input) {
+    const parts = input.value.trim().split(/\s+/).filter(Boolean);
+    if (parts.length !== CRON_PARTS.length) return;
+    CRON_PARTS.forEach((name, index) => {
+      const field = form.querySelector("[name=" + name + "]");
+      if (field) field.value = parts[index];
+    });
+    input.value = "";
+    input.placeholder = parts.join(" ") + " (filled in below)";
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     const preview = document.getElementById("bk-preview");
     if (!preview) return;
     const form = preview.closest("form");
+    const scheduleSet = form.querySelector(".field-kind") && form.querySelector(".field-kind").closest("fieldset");
+    if (scheduleSet) scheduleSet.after(preview); // the preview (and its errors) right under the schedule's fields
+    const paste = document.getElementById("bk-cron-paste");
+    if (paste) paste.addEventListener("input", () => fillFromExpression(form, paste));
     showKind(form);
     form.addEventListener("input", () => refresh(form));
     form.addEventListener("change", function (event) {
