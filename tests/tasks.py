@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import redis
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -30,10 +31,12 @@ def sleeper(key: str, seconds: float = 1.0, steps: int = 10) -> dict[str, Any]:
 
 
 @platform_task(name="tests.flaky", max_retries=3, retry_backoff=0.5, retry_jitter=False)
-def flaky(key: str, failures: int) -> dict[str, Any]:
+def flaky(key: str, failures: int, error: str = "builtin") -> dict[str, Any]:
+    """Fails `failures` times with a ConnectionError: the builtin one, or redis-py's
+    (`error="redis"`, what a task's own Redis call raises while Redis restarts)."""
     attempt = redis_client().incr(f"{key}:runs")
     if attempt <= failures:
-        raise ConnectionError(f"attempt {attempt} failed")
+        raise (redis.ConnectionError if error == "redis" else ConnectionError)(f"attempt {attempt} failed")
     return {"attempts": attempt}
 
 

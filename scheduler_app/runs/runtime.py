@@ -21,12 +21,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
+import redis
 from celery import Task, current_task
 from celery import states as celery_states
 from celery.exceptions import Ignore, Retry
 from celery.signals import task_postrun
 from django.db import OperationalError
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.json import dumps as json_dumps
 
 from scheduler_app.runs import locks, states
@@ -40,8 +42,20 @@ logger = logging.getLogger(__name__)
 WAIT_POLL_SECONDS = 2.0
 PROGRESS_MIN_INTERVAL = 0.5  # seconds between two progress writes of one run
 
-# Failures worth another attempt: the database or broker was briefly unavailable.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (OperationalError, ConnectionError, TimeoutError)
+# Failures worth another attempt: the database or broker was briefly unavailable. redis-py's
+# and kombu's connection errors are not the builtin ones: a task's own Redis call during a
+# Redis restart raises redis.ConnectionError.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    OperationalError,
+    ConnectionError,
+    TimeoutError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    KombuOperationalError,
+)
+# A retry is sent while the broker may still be coming back: kombu tries for about 15 s
+# (Celery's default publish policy gives up after about half a second, failing the run).
+RETRY_SEND_POLICY = {"max_retries": 10, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 
 class ResultNotSerializable(TypeError):
@@ -129,7 +143,8 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
             return exc
         countdown = backoff(policy, retries)
         logger.warning("%s attempt %d failed (%r); retrying in %.1fs", self.name, retries + 1, exc, countdown)
-        return self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries)
+        return self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries, retry=True,
+                          retry_policy=RETRY_SEND_POLICY)  # fmt: skip
 
 
 def backoff(policy: RunPolicy, retries: int) -> float:

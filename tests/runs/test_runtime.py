@@ -146,6 +146,15 @@ def test_it_retries_with_backoff_and_keeps_the_runs_identity(tmp_path: Path, key
     assert gaps[0] >= 0.5 and gaps[1] >= 1.0  # 0.5 s, then doubled
 
 
+def test_a_redis_connection_error_in_the_task_is_transient_and_retried(tmp_path: Path, key: str) -> None:
+    """redis-py's ConnectionError is not the builtin one: a task's own Redis call during a
+    Redis restart must be retried like any connection error, not end the run FAILURE."""
+    with worker(tmp_path, *TASKS):
+        done = final(send("tests.flaky", key, kwargs={"failures": 1, "error": "redis"}))
+    assert done.status == "SUCCESS" and json.loads(done.result or "null") == {"attempts": 2}
+    assert [a["error"] for a in run_context(done)["attempts"]] == ["ConnectionError: attempt 1 failed"]
+
+
 def test_a_retrying_run_keeps_its_lock_between_attempts_and_releases_it_once(tmp_path: Path, key: str) -> None:
     policy = {"overlap": "skip", "lock_ttl": 3, "retry_backoff": 2, "retry_jitter": False}
     with worker(tmp_path, *TASKS) as proc:
