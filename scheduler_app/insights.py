@@ -135,8 +135,10 @@ def group_runs(since: dt.datetime, task_name: str | None, exc_type: str | None,
                limit: int = BULK_LIMIT) -> list[TaskResult]:  # fmt: skip
     """The newest `limit` undismissed failures of one group."""
     runs = failed_runs(since).annotate(exc_type=ExcTypeOf("result"))
-    runs = runs.filter(task_name=task_name) if task_name is not None else runs.filter(task_name__isnull=True)
-    runs = runs.filter(exc_type=exc_type) if exc_type is not None else runs.filter(exc_type__isnull=True)
+    # None stands for "none recorded": NULL or "" (the page's links carry both as "")
+    none_task, none_type = Q(task_name__isnull=True) | Q(task_name=""), Q(exc_type__isnull=True) | Q(exc_type="")
+    runs = runs.filter(task_name=task_name) if task_name is not None else runs.filter(none_task)
+    runs = runs.filter(exc_type=exc_type) if exc_type is not None else runs.filter(none_type)
     return list(runs.order_by("-date_created")[:limit])
 
 

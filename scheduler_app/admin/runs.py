@@ -351,6 +351,9 @@ class RunAdmin(ReadOnly, RunModelAdmin):
                 audit.record(request.user, what, run, object_type="run", changes={"run": new_id} if new_id else {},
                              via="admin")  # fmt: skip
                 count += 1
+            except services.BrokerUnavailable as exc:  # one bounded wait, not one per selected run
+                self.message_user(request, f"{run.task_id[:8]}: {exc} The rest were not done.", messages.ERROR)
+                break
             except services.ServiceError as exc:
                 self.message_user(request, f"{run.task_id[:8]}: {exc}", messages.ERROR)
         if count:

@@ -414,6 +414,9 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
             try:
                 self.apply(request, task, what)
                 count += 1
+            except services.BrokerUnavailable as exc:  # one bounded wait, not one per selected row
+                self.message_user(request, f"{task.name}: {exc} The rest were not sent.", messages.ERROR)
+                break
             except services.ServiceError as exc:
                 self.message_user(request, f"{task.name}: {exc}", messages.ERROR)
         if count:

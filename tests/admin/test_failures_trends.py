@@ -120,6 +120,14 @@ def test_it_retries_a_group_in_bulk_after_a_confirmation(admin_client: Client) -
     assert entries.count() == 3 and {e.actor_name for e in entries} == {"boss"}
 
 
+def test_a_group_without_a_task_name_or_exception_type_can_be_acted_on(admin_client: Client) -> None:
+    """The page names "none recorded" as "" in its links; the rows may hold "" or NULL."""
+    row = run("", "FAILURE", exc="")
+    assert "1 failed run in 1 group" in admin_client.get(FAILURES).content.decode()
+    confirm = admin_client.get(f"{FAILURES}discard/?window=24h&task=&exc=").content.decode()
+    assert "no undismissed failures" not in confirm and row.task_id[:8] in confirm
+
+
 def test_bulk_retry_needs_its_permission_and_a_csrf_token() -> None:
     failures_of_two_tasks()
     url = FAILURES + f"retry/?window=7d&task={TASK}&exc=ValueError"
