@@ -10,24 +10,17 @@ import json
 from typing import Any
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from redis.exceptions import RedisError
 
 from scheduler_app import audit, services
+from scheduler_app.admin.access import ACTIONS, DISCARD, RETRY, VIEW, allowed
 from scheduler_app.runs import dead_letters
 from scheduler_app.runs.dead_letters import DeadLetter
 
-VIEW, RETRY, DISCARD = "scheduler_app.view_run", "scheduler_app.retry_run", "scheduler_app.revoke_run"
-ACTIONS = {"retry": RETRY, "discard": DISCARD}
 PAGE = 100
-
-
-def allowed(request: HttpRequest, perm: str) -> None:
-    if not request.user.has_perm(perm):
-        raise PermissionDenied
 
 
 def client() -> Any:

@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -22,15 +21,9 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from scheduler_app import audit, insights, services
+from scheduler_app.admin.access import ACTIONS, DISCARD, RETRY, VIEW, allowed
 
-VIEW, RETRY, DISCARD = "scheduler_app.view_run", "scheduler_app.retry_run", "scheduler_app.revoke_run"
-ACTIONS = {"retry": RETRY, "discard": DISCARD}
 SHOWN_ERRORS = 5
-
-
-def allowed(request: HttpRequest, perm: str) -> None:
-    if not request.user.has_perm(perm):
-        raise PermissionDenied
 
 
 def window_of(request: HttpRequest) -> str:

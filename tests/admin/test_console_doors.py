@@ -10,7 +10,6 @@ import json
 import re
 import uuid
 from io import StringIO
-from typing import Any
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -27,6 +26,7 @@ import tests.tasks  # noqa: F401  (registers tests.sleeper in this process)
 from scheduler_app import services
 from scheduler_app.admin import display
 from scheduler_app.models import AuditEntry
+from tests.admin.test_console_admin import form_data  # the schedule form as the admin posts it
 from tests.browser import force_login, shot
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,18 +45,6 @@ def console(boss: User) -> Client:
     client = Client()
     client.force_login(boss)
     return client
-
-
-def form_data(**changes: Any) -> dict[str, Any]:
-    data = {
-        "name": "nightly report", "task": TASK, "kind": "crontab", "minute": "30", "hour": "2",
-        "day_of_month": "*", "month_of_year": "*", "day_of_week": "*", "cron_timezone": "Europe/Berlin",
-        "args": "[]", "kwargs": "{}", "headers": "{}", "enabled": "on", "priority": "",
-        "policy-TOTAL_FORMS": "1", "policy-INITIAL_FORMS": "0", "policy-MIN_NUM_FORMS": "0",
-        "policy-MAX_NUM_FORMS": "1", "policy-0-overlap": "skip",
-    }  # fmt: skip
-    data.update(changes)
-    return data
 
 
 def entries(via: str | None = None) -> list[tuple[str, str]]:
