@@ -78,6 +78,18 @@ def request_timeout() -> float | None:
     return _bound.get()
 
 
+_shared: dict[tuple[str, float | None], redis.Redis] = {}
+
+
+def shared_client() -> redis.Redis:
+    """A client kept for the process: one pool per REDIS_URL (tests point processes at servers
+    of their own) and bound (a web request's calls wait REDIS_REQUEST_TIMEOUT at most)."""
+    key = (settings.REDIS_URL, request_timeout())
+    if key not in _shared:
+        _shared[key] = redis_client()
+    return _shared[key]
+
+
 @contextmanager
 def bounded(seconds: float) -> Iterator[None]:
     token = _bound.set(seconds)

@@ -485,7 +485,7 @@ def _put_back_dead_letter(letter: dead_letters.DeadLetter, cause: BaseException)
     """The letter back where it was, after a retry that queued nothing. If Redis fails
     here too, the letter is logged whole (nothing is lost) and the refusal says so."""
     try:
-        dead_letters.put_back(letter, dead_letters.client(dead_letters.WEB_TIMEOUT))
+        dead_letters.put_back(letter, dead_letters.client())
     except RedisError as exc:
         logger.error("dead letter %s could not be put back (%s); it was: %s", letter.id, exc, letter.as_json())
         raise BrokerUnavailable(
@@ -501,7 +501,7 @@ def discard_dead_letter(letter_id: str) -> dead_letters.DeadLetter:
 
 def _take_dead_letter(letter_id: str) -> dead_letters.DeadLetter:
     try:
-        letter = dead_letters.take(letter_id, dead_letters.client(dead_letters.WEB_TIMEOUT))
+        letter = dead_letters.take(letter_id, dead_letters.client())
     except RedisError as exc:
         raise BrokerUnavailable(f"Redis did not answer ({exc}); the dead letter was left as it was.") from None
     if letter is None:

@@ -24,7 +24,7 @@ PAGE = 100
 
 
 def client() -> Any:
-    return dead_letters.client(dead_letters.WEB_TIMEOUT)
+    return dead_letters.client()
 
 
 def when(letter: DeadLetter) -> dt.datetime:

@@ -88,7 +88,7 @@ class DeadLetterViewSet(viewsets.ViewSet):
     def list(self, request: Request) -> Response:
         offset = number(request, "offset", 0, 10**9)
         limit = number(request, "limit", 50, MAX_LIMIT)
-        client = dead_letters.client(dead_letters.WEB_TIMEOUT)
+        client = dead_letters.client()
         try:
             letters, count = dead_letters.page(offset, limit, client), dead_letters.count(client)
         except RedisError as exc:
@@ -129,7 +129,7 @@ class DeadLetterViewSet(viewsets.ViewSet):
 
     def letter(self, pk: str | None) -> DeadLetter:
         try:
-            found = dead_letters.get(str(pk), dead_letters.client(dead_letters.WEB_TIMEOUT))
+            found = dead_letters.get(str(pk), dead_letters.client())
         except RedisError as exc:
             raise redis_down(exc) from None
         if found is None:

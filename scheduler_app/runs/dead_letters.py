@@ -18,7 +18,7 @@ from typing import Any, cast
 import redis
 from django.conf import settings
 
-from scheduler_app.connection import redis_client
+from scheduler_app.connection import shared_client
 
 ENTRIES = "bk:dead-letters"
 ORDER = "bk:dead-letters:order"
@@ -84,16 +84,9 @@ class DeadLetter:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
-WEB_TIMEOUT = 2.0  # seconds a web request waits for Redis (then it answers 503)
-_clients: dict[tuple[str, float | None], redis.Redis] = {}
-
-
-def client(timeout: float | None = None) -> redis.Redis:
-    """A client of REDIS_URL, one pool per process, URL and timeout (None: the worker's)."""
-    key = (settings.REDIS_URL, timeout)
-    if key not in _clients:
-        _clients[key] = redis_client(timeout)
-    return _clients[key]
+def client() -> redis.Redis:
+    """The process's client (a web request's waits REDIS_REQUEST_TIMEOUT at most)."""
+    return shared_client()
 
 
 def add(letter: DeadLetter, using: redis.Redis | None = None) -> int:

@@ -38,7 +38,7 @@ from django.utils import timezone
 from django_celery_results.backends.database import DatabaseBackend
 from django_celery_results.models import TaskResult
 
-from scheduler_app.connection import redis_client, request_timeout
+from scheduler_app.connection import shared_client
 from scheduler_app.runs import state_history, states
 from scheduler_app.runs.context import context_of, header_of
 
@@ -165,7 +165,7 @@ def _parse_time(value: Any) -> dt.datetime | None:
 
 def latest(task_id: str, client: redis.Redis | None = None) -> Latest | None:
     """The run's state on the fast side, if it has one (a recent run, or one not yet written)."""
-    found = (client or _client()).hgetall(RUN_KEY + task_id)
+    found = (client or shared_client()).hgetall(RUN_KEY + task_id)
     if not found:
         return None
     fields = {_text(key): _text(value) for key, value in found.items()}
@@ -176,18 +176,6 @@ def latest(task_id: str, client: redis.Redis | None = None) -> Latest | None:
     started = _parse_time(fields.get("started"))
     return Latest(task_id, event.get("columns", {}), started, _parse_time(event.get("at")), int(fields.get("rank", 0)),
                   bool(event.get("refines")))  # fmt: skip
-
-
-_clients: dict[tuple[str, float | None], redis.Redis] = {}
-
-
-def _client() -> redis.Redis:
-    """One pool per process, URL (tests point processes at servers of their own) and bound:
-    a web request's calls wait REDIS_REQUEST_TIMEOUT at most (connection.request_timeout)."""
-    key = (settings.REDIS_URL, request_timeout())
-    if key not in _clients:
-        _clients[key] = redis_client()
-    return _clients[key]
 
 
 def event_lifetime() -> int:
@@ -255,7 +243,7 @@ class LedgerBackend(DatabaseBackend):
                       request: Any = None, using: str | None = None) -> Any:  # fmt: skip
         if request is not None and getattr(request, "finished_before", False):
             return result  # a finished run's redelivered message: acknowledged, nothing to record
-        client = _client()
+        client = shared_client()
         content_type, content_encoding, encoded = self.encode_content(result)
         context = dict(getattr(request, "meta", None) or {}) if request is not None else {}
         if not context:  # written by a process that did not run it (the worker's main process, the console)
@@ -350,7 +338,7 @@ class LedgerBackend(DatabaseBackend):
             logger.warning("run %s: its RETRY was not written (%s); its message is delivered again", task_id, error)
 
     def _forget(self, task_id: str) -> None:
-        _client().delete(RUN_KEY + task_id)
+        shared_client().delete(RUN_KEY + task_id)
         super()._forget(task_id)
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
