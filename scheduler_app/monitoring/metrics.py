@@ -38,8 +38,10 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
+import redis
 from django.core.cache import cache
 from django.db.models import Count, Max
 from django.utils import timezone
@@ -233,13 +235,21 @@ def broker_state(now: dt.datetime) -> list[Metric]:
     return [up, depths, workers]
 
 
-def beat_state(now: dt.datetime) -> list[Metric]:
-    """Each beat's last tick (as `leader.heartbeat()` reads it) and who leads."""
-    client = redis_client(broker.bound())  # a scrape waits like a web request (this runs in a thread of its own)
+@contextmanager
+def probe_client() -> Iterator[redis.Redis]:
+    """A client of its own for one part of a scrape, waiting like a web request (a scrape's
+    collectors run in a thread of their own, where the request's bound is not set)."""
+    client = redis_client(broker.bound())
     try:
-        facts = leader.heartbeat(client)
+        yield client
     finally:
         client.close()
+
+
+def beat_state(now: dt.datetime) -> list[Metric]:
+    """Each beat's last tick (as `leader.heartbeat()` reads it) and who leads."""
+    with probe_client() as client:
+        facts = leader.heartbeat(client)
     since = GaugeMetricFamily(
         "beatkeeper_beat_seconds_since_tick", "Seconds since each beat last ticked.", labels=["node"]
     )
@@ -261,11 +271,8 @@ def beat_state(now: dt.datetime) -> list[Metric]:
 
 def ledger_state(now: dt.datetime) -> list[Metric]:
     """The recorder's backlog, read in one Redis round trip (`recorder.backlog`)."""
-    client = redis_client(broker.bound())
-    try:
+    with probe_client() as client:
         found = recorder.backlog(client)
-    finally:
-        client.close()
     events = GaugeMetricFamily(
         "beatkeeper_ledger_backlog_events", "Run state changes in Redis not yet written to TaskResult."
     )
@@ -295,11 +302,8 @@ def ledger_state(now: dt.datetime) -> list[Metric]:
 
 def dead_letter_state(now: dt.datetime) -> list[Metric]:
     """Messages workers set aside instead of running (scheduler_app/runs/poison.py)."""
-    client = redis_client(broker.bound())
-    try:
+    with probe_client() as client:
         count = dead_letters.count(client)
-    finally:
-        client.close()
     family = GaugeMetricFamily(
         "beatkeeper_dead_letters", "Messages workers set aside in the dead letters (retry or discard them)."
     )
