@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.utils.html import format_html
 
 from scheduler_app.monitoring import views as health_views
@@ -43,6 +43,12 @@ class ProbeMiddleware:
             response = probe(request)  # ahead of SecurityMiddleware, which would set this header
             response.headers.setdefault("X-Content-Type-Options", "nosniff")
             return response
+        if probe is not None:  # a probe only reads: say so, ahead of host and CSRF checks
+            refused = HttpResponseNotAllowed(
+                ["GET", "HEAD"], content=b"Only GET and HEAD.\n", content_type="text/plain"
+            )
+            refused.headers["X-Content-Type-Options"] = "nosniff"
+            return refused
         return self.get_response(request)
 
 

@@ -6,6 +6,8 @@ executions from outside the worker. `time.sleep` here is the work being done, no
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import time
 from typing import Any
 
@@ -19,6 +21,7 @@ from scheduler_app.catalog import (
     report_progress,  # as a task author imports it
 )
 from scheduler_app.connection import redis_client
+from scheduler_app.runs.policy import RunPolicy
 
 
 @platform_task(name="tests.sleeper", overlap="skip", lock_ttl=6)
@@ -110,3 +113,70 @@ def slow_to_acknowledge(key: str, label: str) -> dict[str, Any]:
     client.rpush(f"{key}:began", label)
     client.rpush(f"{key}:order", label)
     return {"label": label}
+
+
+@platform_task(name="tests.killed_child")
+def killed_child(key: str, seconds: float = 60.0) -> dict[str, Any]:
+    """Appends its process id to `<key>:pids`; the first run then works for `seconds` (long
+    enough for a test to kill the pool process running it), a later run returns at once."""
+    client = redis_client()
+    client.rpush(f"{key}:pids", os.getpid())
+    runs = int(client.incr(f"{key}:runs"))
+    if runs == 1:
+        report_progress(0, "working", force=True)
+        time.sleep(seconds)
+    return {"runs": runs}
+
+
+@platform_task(name="tests.progress_flood")
+def progress_flood(key: str, seconds: float = 3.0) -> dict[str, Any]:
+    """Reports progress in a tight loop for `seconds`, never forced: the throttle decides
+    which calls write. Returns how many calls it made and how many said they wrote."""
+    calls = writes = 0
+    began = time.monotonic()
+    while (elapsed := time.monotonic() - began) < seconds:
+        calls += 1
+        writes += report_progress(100 * elapsed / seconds, f"call {calls}")
+        time.sleep(0.002)
+    redis_client().incr(f"{key}:runs")
+    return {"calls": calls, "writes": writes}
+
+
+@shared_task(name="tests.retries_itself", base=PlatformTask, bind=True, policy=RunPolicy(overlap="skip", lock_ttl=3))
+def retries_itself(self: PlatformTask[Any, Any], key: str, countdown: float = 3.0) -> dict[str, Any]:
+    """Calls `self.retry()` on its first attempt (no exception of its own), succeeds on the next."""
+    attempt = int(redis_client().incr(f"{key}:runs"))
+    if attempt == 1:
+        raise self.retry(countdown=countdown)
+    return {"attempts": attempt}
+
+
+@platform_task(name="tests.database_blip", overlap="skip", lock_ttl=3, retry_backoff=3, retry_jitter=False)
+def database_blip(key: str) -> dict[str, Any]:
+    """Its first attempt's query fails as a busy database makes it fail, with Django's
+    OperationalError: PostgreSQL cancels it at a statement timeout; SQLite finds the
+    database locked (another connection holds the write lock past the busy timeout). The
+    platform retries it as transient; the next attempt's query goes through."""
+    from django.db import connection, transaction
+    from django_celery_results.models import TaskResult
+
+    attempt = int(redis_client().incr(f"{key}:runs"))
+    if attempt == 1:
+        if connection.vendor == "postgresql":
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL statement_timeout = '50ms'")
+                cursor.execute("SELECT pg_sleep(2)")
+        else:
+            holder = sqlite3.connect(str(connection.settings_dict["NAME"]), timeout=30, isolation_level=None)
+            try:
+                holder.execute("BEGIN IMMEDIATE")  # the write lock, as a long writer would hold it
+                with connection.cursor() as cursor:
+                    cursor.execute("PRAGMA busy_timeout = 50")
+                    try:
+                        TaskResult.objects.filter(task_id="").update(status="SUCCESS")  # needs the write lock
+                    finally:
+                        cursor.execute("PRAGMA busy_timeout = 30000")
+            finally:
+                holder.close()
+    TaskResult.objects.filter(task_id="").exists()
+    return {"attempts": attempt}

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery import current_app
 from django.contrib.auth.models import User
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
+from kombu import Exchange, Queue
 
 from scheduler_app import services
 from scheduler_app.connection import redis_client
@@ -38,7 +40,7 @@ def queue() -> Iterator[str]:
     name = f"console-{uuid.uuid4().hex[:8]}"
     yield name
     client = redis_client()
-    for key in client.scan_iter(match=f"{name}*"):
+    for key in [*client.scan_iter(match=f"{name}*"), *client.scan_iter(match=f"_kombu.binding.{name}*")]:
         client.delete(key)
 
 
@@ -48,24 +50,37 @@ def queued_messages(queue: str) -> list[dict[str, Any]]:
     return [json.loads(raw) for key in keys for raw in client.lrange(key, 0, -1)]
 
 
+def bind(queue: str, *, exchange: str, routing_key: str) -> None:
+    """Declare `queue` bound to `exchange` under `routing_key` (a direct exchange drops what no binding takes)."""
+    with current_app.connection_for_write() as connection:
+        Queue(queue, Exchange(exchange, type="direct"), routing_key=routing_key).bind(connection).declare()
+
+
 def schedule(**fields: Any) -> PeriodicTask:
     every, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.HOURS)
     return PeriodicTask.objects.create(name=f"s-{uuid.uuid4().hex[:6]}", interval=every, **{"task": TASK, **fields})
 
 
 def test_it_runs_a_schedule_now_with_its_queue_priority_expiry_and_headers(operator: User, queue: str) -> None:
-    task = schedule(queue=queue, priority=2, expire_seconds=600, headers='{"team": "ops"}', kwargs='{"x": 1}')
-    SchedulePolicy.objects.create(periodic_task=task, time_limit=40)
+    task = schedule(queue=queue, exchange=queue, routing_key=f"{queue}.manual", priority=2, expire_seconds=600,
+                    headers='{"team": "ops"}', kwargs='{"x": 1}')  # fmt: skip
+    SchedulePolicy.objects.create(periodic_task=task, time_limit=40, soft_time_limit=30)
 
+    bind(queue, exchange=queue, routing_key=f"{queue}.manual")  # so a message sent that way lands in the queue
+    before = timezone.now()
     run_id = services.run_now(task, by=operator)
+    after = timezone.now()
 
     [message] = queued_messages(queue)
     headers = message["headers"]
     assert headers["id"] == run_id and headers["task"] == TASK
     assert message["properties"]["priority"] == 2
-    assert headers["expires"] is not None
+    delivery = message["properties"]["delivery_info"]
+    assert (delivery["exchange"], delivery["routing_key"]) == (queue, f"{queue}.manual")
+    expires = dt.datetime.fromisoformat(headers["expires"])  # expire_seconds from the moment it was queued
+    assert before + dt.timedelta(seconds=600) <= expires <= after + dt.timedelta(seconds=600)
     assert headers["team"] == "ops" and headers["periodic_task_name"] == task.name
-    assert headers["timelimit"][0] == 40
+    assert headers["timelimit"] == [40, 30]  # [hard, soft]
     context = headers[HEADER]
     assert (context["trigger"], context["by"], context["schedule"]) == ("manual", "ops", task.name)
     row = TaskResult.objects.get(task_id=run_id)

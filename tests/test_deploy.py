@@ -9,6 +9,7 @@ against each other.
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import json
 import os
@@ -599,13 +600,51 @@ def test_it_lists_only_variables_that_something_reads() -> None:
     scripts = [path.read_text(encoding="utf-8") for path in sorted(BIN.iterdir())]
     unread = []
     for name in _env_example():
-        if name in CONTRACT_ENV:
-            continue  # explicitly expected; the Python side may not read it yet
+        if name in CONTRACT_ENV or name in _settings_env():
+            continue  # explicitly expected, or read by the settings (NAME_FILE through env.secret())
         in_python = any(re.search(rf"""["']{name}["']""", text) for text in sources)
         in_scripts = any(re.search(rf"\${{?{name}\b", text) for text in scripts)
         if not (in_python or in_scripts):
             unread.append(name)
     assert not unread, f"deploy/.env.example names variables nothing reads: {unread}"
+
+
+# The settings modules a deployment loads (production imports base); local.py and test.py
+# are for `make run` and the tests only.
+DEPLOYED_SETTINGS = (REPO / "project" / "settings" / "base.py", REPO / "project" / "settings" / "production.py")
+
+
+def _settings_env() -> set[str]:
+    """Every variable the deployed settings read, from their code: each call
+    `env.<reader>("NAME", ...)`, where a reader is a function of project/env.py whose first
+    parameter is `name`; `env.secret("NAME")` reads NAME_FILE too."""
+    module = ast.parse((REPO / "project" / "env.py").read_text(encoding="utf-8"))
+    readers = {
+        node.name
+        for node in module.body
+        if isinstance(node, ast.FunctionDef) and node.args.args and node.args.args[0].arg == "name"
+    }
+    names: set[str] = set()
+    for path in DEPLOYED_SETTINGS:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if not (isinstance(node.func.value, ast.Name) and node.func.value.id == "env"):
+                continue
+            if node.func.attr in readers and node.args and isinstance(node.args[0], ast.Constant):
+                name = str(node.args[0].value)
+                names |= {name, f"{name}_FILE"} if node.func.attr == "secret" else {name}
+    return names
+
+
+def test_it_lists_every_variable_the_settings_read_in_the_env_example() -> None:
+    """README: "`deploy/.env.example` lists them all with comments". The list comes from the
+    settings' code, so a variable added to the settings without a line here fails."""
+    read = _settings_env()
+    # A sample of what the settings read, so a parser that finds nothing cannot pass.
+    assert {"SECRET_KEY", "SECRET_KEY_FILE", "REDIS_URL", "SECURE_HSTS_SECONDS", "METRICS_TOKEN_FILE"} <= read
+    missing = sorted(read - set(_env_example()))
+    assert not missing, f"deploy/.env.example lacks {missing}, which the settings read"
 
 
 # --- systemd ----------------------------------------------------------------------------

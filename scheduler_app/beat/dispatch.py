@@ -2,15 +2,21 @@
 
 Claims happen in chunks of `CHUNK`, with the lease renewed between chunks: a long
 dispatch keeps its leadership, and a leader stopped mid-way has claimed no more than it
-sent. A slot claimed but not sent (the broker refused) stays this beat's to send.
+sent. A slot claimed but not sent (the broker refused) stays this beat's to send. A stop
+signal (SIGTERM, SIGINT) waits for the chunk at hand: raised in the middle of a claim or a
+send, Celery's SystemExit would leave claimed slots unsent, marked as sent, so never sent.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -27,6 +33,33 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 CHUNK = 200  # slots claimed, then sent, at a time
 CLAIM_RETRY = 0.5  # seconds between claims while Redis does not answer (a failover, a restart)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT wait until the block is done, then reach their handlers (Celery
+    beat's: sync, then SystemExit). Only the main thread handles signals: elsewhere
+    (an embedded beat's thread) nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, FrameType | None]] = []
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    held = [sig for sig, handler in before.items() if handler is not None]  # None: not set from Python
+    for sig in held:
+        signal.signal(sig, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for sig in held:
+            signal.signal(sig, before[sig])
+        for signum, frame in caught[:1]:
+            handler = before[signal.Signals(signum)]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
 
 
 class Dispatcher:
@@ -64,6 +97,10 @@ class Dispatcher:
             return
 
     def _dispatch_chunk(self, due: list[Entry], now: dt.datetime) -> bool:
+        with stop_signals_held():  # what this chunk claims, it sends
+            return self._claim_and_send(due, now)
+
+    def _claim_and_send(self, due: list[Entry], now: dt.datetime) -> bool:
         sends = [send for entry in due if (send := self.planner.decide_safely(entry, now)) is not None]
         try:
             granted = self.ledger.claim([(s.entry.pk, s.slot) for s in sends])

@@ -5,12 +5,15 @@ Screenshots of each page go to test-artifacts/screenshots/test_browser_console/.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from playwright.sync_api import Dialog, Page, expect
 from pytest_django.live_server_helper import LiveServer
@@ -47,6 +50,24 @@ def reload_until(page: Page, text: str, where: str, timeout: float) -> None:
     wait_for(shows, timeout, f"{text!r} in {where}", interval=1)
 
 
+def next_five_minutes(moment: dt.datetime) -> dt.datetime:
+    """The first slot of `*/5 * * * *` strictly after `moment`."""
+    floor = moment.replace(minute=moment.minute - moment.minute % 5, second=0, microsecond=0)
+    return floor + dt.timedelta(minutes=5)
+
+
+def check_preview_times(page: Page, before: dt.datetime, after: dt.datetime) -> None:
+    """The preview's rows, as a person reads them, are the next five slots of `*/5 * * * *`
+    after the moment it was asked for (between `before` and `after`), each in Berlin time
+    and in UTC, the two columns the same moment."""
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    rows = [row.locator("td").all_inner_texts() for row in page.locator("#bk-preview-table tbody tr").all()]
+    utc = [dt.datetime.strptime(r[1], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=dt.UTC) for r in rows]
+    assert utc[0] in {next_five_minutes(before), next_five_minutes(after)}, rows
+    assert utc == [utc[0] + n * dt.timedelta(minutes=5) for n in range(5)], rows
+    assert [r[0] for r in rows] == [f"{at.astimezone(berlin):%Y-%m-%d %H:%M:%S %Z}" for at in utc], rows
+
+
 def test_an_operator_creates_runs_pauses_and_watches_a_schedule(
     operator_page: Page, live_server: LiveServer, tmp_path: Path
 ) -> None:
@@ -62,9 +83,11 @@ def test_an_operator_creates_runs_pauses_and_watches_a_schedule(
     expect(page.locator(".field-minute .errorlist")).to_contain_text("'61', not in 0-59 for Minutes. Allowed: 0-59")
     shot(page, "02-invalid-field")
 
+    before = timezone.now()
     page.locator("#id_minute").fill("*/5")
     expect(page.locator("#bk-preview-table tbody tr")).to_have_count(5)
     expect(page.locator("#bk-preview-status")).to_contain_text("zone Europe/Berlin")
+    check_preview_times(page, before, timezone.now())
     shot(page, "03-preview")
     page.locator("input[name=_continue]").click()
     expect(page.locator(".messagelist")).to_contain_text("was added successfully")

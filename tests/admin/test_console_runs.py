@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psutil
 import pytest
 from django.contrib.auth.models import User
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
@@ -32,6 +33,13 @@ def sleeper_schedule(key: str, seconds: float) -> PeriodicTask:
     return PeriodicTask.objects.create(name=key, task="tests.sleeper", interval=every, kwargs=kwargs, enabled=False)
 
 
+def stopped(child: psutil.Process) -> bool:
+    try:
+        return not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def state(task_id: str) -> str:
     return TaskResult.objects.get(task_id=task_id).status
 
@@ -53,11 +61,18 @@ def test_it_never_runs_a_run_revoked_while_no_worker_listened(tmp_path: Path, ke
 
 
 def test_it_ends_a_running_run_and_retries_it_as_a_new_linked_run(tmp_path: Path, key: str, operator: User) -> None:
-    with worker(tmp_path, *TASKS, concurrency=1):
+    with worker(tmp_path, *TASKS, concurrency=1) as process:
         run_id = services.run_now(sleeper_schedule(key, 8), by=operator)
         wait_for(lambda: state(run_id) == "PROGRESS", 60, "the run to report progress")
+        [child] = psutil.Process(process.proc.pid).children()  # the one pool process: it runs the sleeper
         services.revoke_run(TaskResult.objects.get(task_id=run_id), by=operator)
         wait_for(lambda: runs(key) == 1 and state(run_id) == "REVOKED", 30, "the run to end as REVOKED")
+        # Not only the row: the process running it was stopped, well before its 8 s were up.
+        wait_for(
+            lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 5, "the run's process to stop"
+        )
+        process.wait_for_output(f"Terminating {run_id}", 5)
+        assert "step 20 of 20" not in (TaskResult.objects.get(task_id=run_id).meta or "")
 
         PeriodicTask.objects.filter(name=key).update(kwargs=json.dumps({"key": key, "seconds": 0.2, "steps": 2}))
         retried = services.retry_run(TaskResult.objects.get(task_id=run_id), by=operator)

@@ -5,19 +5,18 @@ collection time (no database then; `test_api` checks the served one).
 
 Every call that names an object names one that exists (the schedule "fuzz target" and a
 finished run), so the bodies reach the serializers, the services and the audit log instead
-of a 404. The examples are derandomised: the same ones each run, so a failure reproduces."""
+of a 404. The examples are derandomised: the same ones each run, so a failure reproduces.
+Run now and retry queue real messages here; tests/conftest.py deletes what a test queued."""
 
 from __future__ import annotations
 
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import schemathesis
-from celery import current_app
 from django.contrib.auth.models import User
 from django.core.handlers.wsgi import WSGIHandler
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
@@ -43,13 +42,6 @@ def served_schema() -> dict[str, Any]:
 
 schema = schemathesis.openapi.from_dict(served_schema())
 schema.app = WSGIHandler()  # calls go through Django in-process, as from_wsgi would
-
-
-@pytest.fixture(autouse=True)
-def _purge_queued_runs() -> Iterator[None]:
-    """Run now and retry queue real messages here: none is left for a later test's worker."""
-    yield
-    current_app.control.purge()
 
 
 @schema.parametrize()

@@ -202,27 +202,31 @@ def test_it_follows_the_catch_up_policy_for_a_missed_slot(
 
 
 def test_it_sends_each_slot_missed_within_the_grace_once_in_order(sent: list[dict[str, Any]]) -> None:
-    task = schedule("every second", 1, ago=4.5)  # a failover: 4 slots fell due meanwhile
-    beat = started()
-    while (first := beat.due.first_due()) is not None and first <= timezone.now().timestamp():
-        beat.tick()
-    slots = [dt.datetime.fromisoformat(h["scheduled_for"]) for h in sent]
-    assert slots == [task.last_run_at + dt.timedelta(seconds=n) for n in range(1, 5)]
-    beat.close()
+    """The clock stands still: 4 slots are due however slowly the ticks run, the 5th not yet."""
+    with time_machine.travel(timezone.now(), tick=False):
+        task = schedule("every second", 1, ago=4.5)  # a failover: 4 slots fell due meanwhile
+        beat = started()
+        while (first := beat.due.first_due()) is not None and first <= timezone.now().timestamp():
+            beat.tick()
+        slots = [dt.datetime.fromisoformat(h["scheduled_for"]) for h in sent]
+        assert slots == [task.last_run_at + dt.timedelta(seconds=n) for n in range(1, 5)]
+        beat.close()
 
 
 @pytest.mark.parametrize(("catch_up", "sends"), [("skip", 0), ("once", 1)])
 def test_a_long_outage_never_ends_in_a_burst(sent: list[dict[str, Any]], catch_up: str, sends: int) -> None:
-    task = schedule("every second", 1, ago=300)  # 299 slots missed, most beyond the grace
-    SchedulePolicy.objects.create(periodic_task=task, catch_up=catch_up)
-    beat = started()
-    for _ in range(3):
-        beat.tick()
-    assert len(sent) == sends
-    next_slot = beat.schedule["every second"].next_slot
-    assert next_slot is not None
-    assert next_slot > timezone.now() - dt.timedelta(seconds=1)
-    beat.close()
+    """The clock stands still, so no slot after the outage falls due while the ticks run."""
+    with time_machine.travel(timezone.now(), tick=False):
+        task = schedule("every second", 1, ago=300)  # 299 slots missed, most beyond the grace
+        SchedulePolicy.objects.create(periodic_task=task, catch_up=catch_up)
+        beat = started()
+        for _ in range(3):
+            beat.tick()
+        assert len(sent) == sends
+        next_slot = beat.schedule["every second"].next_slot
+        assert next_slot is not None
+        assert next_slot > timezone.now()
+        beat.close()
 
 
 # --- the lease and the marks -------------------------------------------------------------------
@@ -256,7 +260,7 @@ def test_a_new_leader_does_not_send_again_what_a_dead_one_sent_but_never_wrote(s
 
 
 def test_a_leader_that_lost_its_lease_sends_nothing(sent: list[dict[str, Any]]) -> None:
-    schedule("fenced", 2, ago=1)
+    schedule("fenced", 3600, ago=1)  # not due for an hour, however slowly the beats start: only the forced slot
     stale = started()
     redis_client().delete(leader.LEASE_KEY)  # paused past its lease...
     heir = started()  # ...and another beat took over

@@ -21,7 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.test import Client, override_settings
 from django.utils import timezone
-from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
 from scheduler_app import services
 from scheduler_app.beat import Scheduler, checks
@@ -324,3 +324,85 @@ def test_result_expires_is_refused_at_start_up_with_what_to_set_instead() -> Non
             Scheduler(app=current_app)
     finally:
         current_app.conf.result_expires = None
+
+
+# --- the preview, the admin's preview and the API against beat's real ticks, per kind --------
+
+STEP = dt.timedelta(seconds=50)  # beat's clock moves this far per tick: every slot goes out within the grace
+
+
+def sweep(beat: Scheduler, clock: time_machine.Traveller, until: dt.datetime) -> None:
+    """Beat's real tick every STEP from now to `until`: a clock that does not know the slots
+    (ticking at the previewed moments would hide a slot the preview left out)."""
+    moment = timezone.now()
+    while moment <= until:
+        moment += STEP
+        clock.move_to(moment)
+        beat.tick()
+
+
+def crontab_form(task: PeriodicTask, minute: str, hour: str, zone: str) -> dict[str, str]:
+    return {"name": task.name, "task": task.task, "kind": "crontab", "minute": minute, "hour": hour,
+            "day_of_month": "*", "month_of_year": "*", "day_of_week": "*", "cron_timezone": zone,
+            "args": "[]", "kwargs": "{}", "headers": "{}", "enabled": "on"}  # fmt: skip
+
+
+def one_of_each_kind(kind: str, clock: time_machine.Traveller) -> tuple[PeriodicTask, dict[str, str], list[str]]:
+    """A schedule of `kind` with a last run, its admin form's fields, and its next runs as
+    written by hand (UTC for interval, clocked and solar; the crontab's own zone for it)."""
+    if kind == "interval with a last run":
+        task = schedule("every 45 minutes", interval=IntervalSchedule.objects.create(every=45, period="minutes"),
+                        last_run_at=NOON - 20 * MINUTE)  # fmt: skip
+        runs = [(NOON + (25 + 45 * n) * MINUTE).isoformat() for n in range(4)]
+        return task, interval_form(task, 45, "minutes"), runs
+    if kind == "crontab across the spring-forward night":
+        clock.move_to(dt.datetime(2026, 3, 27, 12, 0, tzinfo=BERLIN))  # Berlin skips 02:00-03:00 on the 29th
+        cron = CrontabSchedule.objects.create(minute="30", hour="2", timezone="Europe/Berlin")
+        task = schedule("at 02:30 in Berlin", crontab=cron, interval=None,
+                        last_run_at=dt.datetime(2026, 3, 27, 2, 30, tzinfo=BERLIN))  # fmt: skip
+        runs = ["2026-03-28 02:30 CET", "2026-03-29 03:00 CEST", "2026-03-30 02:30 CEST"]  # once, at the transition
+        return task, crontab_form(task, "30", "2", "Europe/Berlin"), runs
+    if kind == "clocked":
+        at = NOON + 10 * MINUTE
+        task = schedule(
+            "at 12:40", clocked=ClockedSchedule.objects.create(clocked_time=at), interval=None, one_off=True
+        )
+        form = {**interval_form(task, 1, "hours"), "kind": "clocked", "clocked_time_0": f"{at:%Y-%m-%d}",
+                "clocked_time_1": f"{at:%H:%M:%S}", "one_off": "on"}  # fmt: skip
+        return task, form, [at.isoformat()]
+    assert kind == "solar"
+    sunrise = SolarSchedule.objects.create(event="sunrise", latitude=52.52, longitude=13.405)  # Berlin
+    task = schedule("at sunrise in Berlin", solar=sunrise, interval=None, last_run_at=NOON - 8 * HOUR)
+    form = {**interval_form(task, 1, "hours"), "kind": "solar", "solar_event": "sunrise", "latitude": "52.52",
+            "longitude": "13.405"}  # fmt: skip
+    return task, form, []  # ephem's minutes: checked against the days below, not written out
+
+
+@pytest.mark.parametrize(
+    "kind", ["interval with a last run", "crontab across the spring-forward night", "clocked", "solar"]
+)
+def test_the_preview_the_admins_preview_and_the_api_list_what_beat_then_sends(
+    clock: time_machine.Traveller, admin_client: Client, sent: list[dict[str, Any]], kind: str
+) -> None:
+    """README (*Beat*): every preview lists what beat then sends, from the same code. One
+    schedule of each kind, a last run where it has one: the function, `list_schedules`, the
+    admin's preview endpoint (as a logged-in superuser) and `GET /api/schedules/{id}/next-runs/`
+    give the same times, and beat's real tick, on a clock moved every 50 s, sends exactly those
+    slots. A preview one slot off fails here."""
+    task, form, by_hand = one_of_each_kind(kind, clock)
+    shown = previews(admin_client, task, 3 if kind == "crontab across the spring-forward night" else 4, form)
+    preview = shown["function"]
+    assert preview, f"{kind}: no next run"
+    assert shown == {surface: preview for surface in shown}
+    times = [dt.datetime.fromisoformat(at) for at in preview]
+    if kind == "crontab across the spring-forward night":
+        assert [f"{at.astimezone(BERLIN):%Y-%m-%d %H:%M %Z}" for at in times] == by_hand
+    elif kind == "solar":
+        days = [at.date() for at in times]
+        assert days == [NOON.date() + n * DAY for n in range(1, 5)] and all(2 <= at.hour <= 3 for at in times), times
+    else:
+        assert preview == by_hand
+    beat = started()
+    sweep(beat, clock, until=times[-1] + MINUTE)  # past the last previewed slot, short of the next one
+    assert slots_sent(sent) == times, f"{kind}: beat sent {slots_sent(sent)}, the previews said {times}"
+    beat.close()

@@ -1,5 +1,6 @@
 """A replicated Redis of a test's own: a primary, a replica and one sentinel, each a
-redis-server on a free port under the test's tmp_path (never the machine's 6379).
+redis-server under the test's tmp_path on a port reserved for the test run (tests/ports.py;
+never the machine's 6379), kept through restarts.
 
 The sentinel runs with quorum 1 and a one-second down-after, so it promotes the replica
 within about two seconds of the primary's death. The servers keep nothing on disk
@@ -17,8 +18,9 @@ from typing import cast
 
 import redis
 
+from tests.ports import free_port, release
 from tests.processes import wait_for
-from tests.runs.servers import binary, free_port
+from tests.runs.servers import answers_as, binary
 
 SERVICE = "bkprimary"
 DOWN_AFTER_MS = 1000
@@ -42,10 +44,8 @@ class Node:
         return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=2)
 
     def answers(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
+        """Our own process answers on the port (not another program that took it)."""
+        return self.proc is not None and answers_as(self.client(), self.proc, self.port, self.directory / "log")
 
     def argv(self) -> list[str]:
         if self.sentinel_conf is not None:  # a sentinel rewrites its file: one of its own, writable
@@ -65,6 +65,11 @@ class Node:
             self.proc.send_signal(sig)
             self.proc.wait(20)
         self.proc = None
+
+    def release(self) -> None:
+        """Killed, and its port given back."""
+        self.kill()
+        release(self.port)
 
     def restart_empty(self) -> None:
         """Killed and started again on the same port: with no persistence, empty."""
@@ -127,7 +132,7 @@ class ReplicatedRedis:
 
     def stop(self) -> None:
         for node in (self.sentinel, self.replica, self.primary):
-            node.kill()
+            node.release()
 
 
 @contextmanager
@@ -147,4 +152,4 @@ def bare_redis(base: Path) -> Iterator[Node]:
         node.start()
         yield node
     finally:
-        node.kill()
+        node.release()

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import http.cookiejar
 import io
-import os
 import re
+import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,7 +20,9 @@ import pytest
 
 from scheduler_app import catalog
 from scheduler_app.local.launcher import Service, Supervisor
-from tests.processes import ROOT, wait_for
+from tests.local.launching import Launch
+from tests.ports import free_port
+from tests.processes import wait_for
 
 PY = sys.executable
 
@@ -85,70 +85,20 @@ def test_it_stops_services_in_the_order_given() -> None:
 # --- manage.py launch, end to end ------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Launch:
-    """`manage.py launch` on a fresh var dir with the embedded default (no URLs set)."""
-
-    def __init__(self, port: int) -> None:
-        self.var = Path(tempfile.mkdtemp(prefix="bk-"))  # short: the socket path must fit 107 bytes
-        self.port = port
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
-        env.update(BEATKEEPER_VAR_DIR=str(self.var), ADMIN_USERNAME="ops", ADMIN_PASSWORD="correct-horse-battery-9")
-        self.proc = subprocess.Popen(
-            [PY, "manage.py", "launch", "--port", str(port), "--stop-timeout", "20"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout or ():
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_output(self, text: str, timeout: float = 90) -> None:
-        def seen() -> bool:
-            if self.proc.poll() is not None and text not in self.output:
-                raise AssertionError(f"launcher exited ({self.proc.returncode}):\n{self.output[-4000:]}")
-            return text in self.output
-
-        wait_for(seen, timeout, f"{text!r} from the launcher")
-
-    def descendants(self) -> list[psutil.Process]:
-        return psutil.Process(self.proc.pid).children(recursive=True)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            for child in self.descendants():
-                child.kill()
-            self.proc.kill()
-        self.proc.wait()
-        subprocess.run(["rm", "-rf", str(self.var)], check=False)
-
-
 @pytest.fixture
 def launch() -> Iterator[Callable[[int], Launch]]:
     started: list[Launch] = []
 
     def make(port: int) -> Launch:
-        started.append(Launch(port))
+        var = Path(tempfile.mkdtemp(prefix="bk-"))  # short: the socket path must fit 107 bytes
+        admin = {"ADMIN_USERNAME": "ops", "ADMIN_PASSWORD": "correct-horse-battery-9"}
+        started.append(Launch(var, "--stop-timeout", "20", port=port, env=admin))
         return started[-1]
 
     yield make
     for launched in started:
         launched.close()
+        shutil.rmtree(launched.var, ignore_errors=True)
 
 
 class Browser:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,15 +109,26 @@ def as_unprivileged_user(job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return job()
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child
-        os.close(read_end)
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-        with os.fdopen(write_end, "w") as pipe:
-            pipe.write(json.dumps(job()))
-        os._exit(0)
+    if pid == 0:  # the child: it always ends here, never running the rest of pytest
+        code = 1
+        try:
+            os.close(read_end)
+            try:
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                outcome: dict[str, Any] = {"result": job()}
+            except BaseException:  # noqa: BLE001  (handed to the parent, which raises it)
+                outcome = {"error": traceback.format_exc()}
+            with os.fdopen(write_end, "w") as pipe:
+                pipe.write(json.dumps(outcome))
+            code = 0 if "result" in outcome else 1
+        finally:
+            os._exit(code)
     os.close(write_end)
     with os.fdopen(read_end) as pipe:
-        result: dict[str, Any] = json.loads(pipe.read())  # the child wrote job()'s dict
-    assert os.waitpid(pid, 0)[1] == 0
+        written = pipe.read()
+    status = os.waitpid(pid, 0)[1]
+    outcome = json.loads(written) if written else {"error": "the child wrote nothing"}
+    assert "error" not in outcome and status == 0, f"the unprivileged child failed ({status}):\n{outcome.get('error')}"
+    result: dict[str, Any] = outcome["result"]  # the child wrote job()'s dict
     return result

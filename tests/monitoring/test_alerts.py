@@ -8,7 +8,6 @@ import email
 import hashlib
 import hmac
 import json
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from scheduler_app.models import Incident, ScheduleChange, ScheduleHealth, Sched
 from scheduler_app.monitoring import alerts
 from scheduler_app.monitoring import health as monitoring
 from scheduler_app.runs.history import run_context
+from tests.ports import free_port
 from tests.processes import beat, wait_for, worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -42,12 +42,6 @@ SECRET = "s3cret-for-tests"
 
 
 # --- Real local servers ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Inbox:

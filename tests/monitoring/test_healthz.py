@@ -16,4 +16,7 @@ def test_it_still_validates_the_host_of_every_other_page() -> None:
 
 
 def test_it_answers_only_reads() -> None:
-    assert Client().post("/healthz").status_code != 200
+    for probe in ("/healthz", "/readyz", "/metrics"):
+        response = Client().post(probe)
+        assert response.status_code == 405, probe
+        assert response["Allow"] == "GET, HEAD", probe

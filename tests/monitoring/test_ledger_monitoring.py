@@ -5,7 +5,6 @@ report, and Redis away. No recorder runs here: what the tests put in the stream 
 from __future__ import annotations
 
 import re
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scheduler_app.connection import redis_client
 from scheduler_app.monitoring import readiness
 from scheduler_app.runs import ledger, recorder
+from tests.ports import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)  # /readyz checks the database from a thread of its own
 OPEN = {"METRICS_TOKEN": "", "METRICS_ALLOWED_IPS": ["127.0.0.0/8"]}
@@ -69,10 +69,7 @@ def empty(client: redis.Redis) -> None:
 
 
 def unreachable_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    return f"redis://127.0.0.1:{port}/0"  # nothing listens: refused at once
+    return f"redis://127.0.0.1:{free_port()}/0"  # nothing listens, and no other test is given it: refused at once
 
 
 # --- /metrics ---------------------------------------------------------------------------

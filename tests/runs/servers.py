@@ -1,5 +1,6 @@
 """Servers of a test's own, under its tmp_path: a PostgreSQL cluster and a redis-server,
-each on a free port, that the test stops and starts as it likes. Never the machine's
+each on a port reserved for the test run (tests/ports.py), that the test stops and starts
+as it likes. Never the machine's
 shared PostgreSQL (5432) or Redis (6379), never the suite's own database or broker.
 
 A binary that is missing skips the test on a developer's machine and fails it under CI
@@ -12,7 +13,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -26,6 +26,7 @@ import psycopg
 import pytest
 import redis
 
+from tests.ports import free_port, release
 from tests.processes import ROOT, process_env, wait_for
 
 PG_BIN = Path("/usr/local/bin")
@@ -43,12 +44,6 @@ def binary(name: str, *places: Path) -> str:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{message}; CI must have it, nothing is skipped there")
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _run(argv: list[str], what: str, **options: Any) -> None:
@@ -155,15 +150,16 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     other users' access off that tree again, which would lock out the cluster's user."""
     with tempfile.TemporaryDirectory(prefix="beatkeeper-pg-") as directory:
         cluster = PostgresCluster(Path(directory) / "pg", free_port())
-        cluster.init()
-        cluster.start()
         try:
+            cluster.init()
+            cluster.start()
             cluster.create_database()
             cluster.migrate()
             yield cluster
         finally:
             if cluster.running():
                 cluster.stop("immediate")
+            release(cluster.port)
 
 
 class RedisServer:
@@ -185,10 +181,8 @@ class RedisServer:
         return redis.Redis(port=self.port, socket_connect_timeout=2, socket_timeout=5)
 
     def answers(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
+        """Our own process answers on the port (not another program that took it)."""
+        return self.proc is not None and answers_as(self.client(), self.proc, self.port, self.log)
 
     def start(self) -> None:
         argv = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
@@ -214,11 +208,33 @@ class RedisServer:
         self.start()
 
 
+def answers_as(client: redis.Redis, proc: subprocess.Popen[bytes], port: int, log: Path) -> bool:
+    """`proc`, a redis-server, answers on `port`: False while it starts; a failure once it
+    has exited (it could not bind the port, say) or when another process answers there."""
+    if proc.poll() is not None:
+        raise AssertionError(f"redis-server on port {port} exited ({proc.returncode}):\n{_tail(log)}")
+    try:
+        pid = int(client.info("server")["process_id"])
+    except redis.RedisError:
+        return False
+    if pid != proc.pid:
+        raise AssertionError(f"port {port} is answered by process {pid}, not by our redis-server {proc.pid}")
+    return True
+
+
+def _tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-2000:]
+    except OSError:
+        return "(no log)"
+
+
 @contextmanager
 def redis_server(directory: Path) -> Iterator[RedisServer]:
     server = RedisServer(directory, free_port())
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.stop(signal.SIGKILL)
+        release(server.port)
