@@ -30,9 +30,11 @@ def bench_database_url() -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
-def setup_django() -> dict[str, str]:
-    """Point this process at the benchmark's database and var dir; return the env for children."""
-    os.environ["BEATKEEPER_VAR_DIR"] = str(ROOT / "var" / "bench")
+def setup_django(*, keep_var_dir: bool = False) -> dict[str, str]:
+    """Point this process at the benchmark's database and var dir (`keep_var_dir`: the
+    BEATKEEPER_VAR_DIR the caller gave, if any); return the env for children."""
+    if not (keep_var_dir and os.environ.get("BEATKEEPER_VAR_DIR")):
+        os.environ["BEATKEEPER_VAR_DIR"] = str(ROOT / "var" / "bench")
     os.environ["DATABASE_URL"] = bench_database_url()
     os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings.local"
     os.environ["STARTUP_HEALTH_CHECK"] = "false"

@@ -5,7 +5,8 @@ task with the policy (retries with backoff, time limits) and a `TaskDefinition` 
 `seed_default_tasks` turns into a django-celery-beat schedule.
 
 This is the module a task author imports from: `platform_task`, `Every`, `Cron`, and, from
-the worker side, `PlatformTask` (for `@shared_task(base=PlatformTask)`) and `report_progress`.
+the worker side, `PlatformTask` (for `@shared_task(base=PlatformTask)`), `report_progress` and,
+for an `async def` task, `areport_progress`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any, ParamSpec, TypeVar
 from celery import current_app, shared_task
 
 from scheduler_app.runs.policy import RunPolicy
-from scheduler_app.runs.runtime import TRANSIENT_ERRORS, PlatformTask, report_progress
+from scheduler_app.runs.runtime import TRANSIENT_ERRORS, PlatformTask, areport_progress, report_progress
 
 __all__ = [
-    "Cron", "Every", "PlatformTask", "TaskDefinition", "definitions", "discover", "platform_task", "register",
-    "report_progress",
+    "Cron", "Every", "PlatformTask", "TaskDefinition", "areport_progress", "definitions", "discover", "platform_task",
+    "register", "report_progress",
 ]  # fmt: skip
 
 _P = ParamSpec("_P")

@@ -11,11 +11,12 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from redis.exceptions import RedisError
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from scheduler_app import audit, services
+from scheduler_app.api import params
 from scheduler_app.api.permissions import DEAD_LETTER_PERMS, StaffWithModelPermission
 from scheduler_app.api.serializers import RunCreatedSerializer
 from scheduler_app.api.views import BrokerUnavailable, refused
@@ -56,15 +57,6 @@ class DeadLetterPage(serializers.Serializer[dict[str, Any]]):
     results = DeadLetterSerializer(many=True)
 
 
-def number(request: Request, name: str, default: int, maximum: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) > maximum:
-        raise ValidationError({name: [f"must be a whole number from 0 to {maximum}; got {raw!r}"]})
-    return int(raw)
-
-
 def redis_down(exc: RedisError) -> BrokerUnavailable:
     return BrokerUnavailable(f"Redis did not answer ({exc}); the dead letters cannot be read now.")
 
@@ -86,8 +78,8 @@ class DeadLetterViewSet(viewsets.ViewSet):
         responses=DeadLetterPage,
     )
     def list(self, request: Request) -> Response:
-        offset = number(request, "offset", 0, 10**9)
-        limit = number(request, "limit", 50, MAX_LIMIT)
+        offset = params.whole_number(request, "offset", 0, 0, 10**9)
+        limit = params.whole_number(request, "limit", 50, 0, MAX_LIMIT)
         client = dead_letters.client()
         try:
             letters, count = dead_letters.page(offset, limit, client), dead_letters.count(client)

@@ -378,3 +378,74 @@ class RunCreatedSerializer(serializers.Serializer[dict[str, Any]]):
     warnings = serializers.ListField(
         child=serializers.CharField(), help_text="Queued all the same, but worth a word: no worker online."
     )
+
+
+# --- /api/stats/ (shapes of the answer; the figures are `selectors`', as the dashboard's) --------
+
+
+class RunFiguresSerializer(serializers.Serializer[dict[str, Any]]):
+    """The runs created in the window: the dashboard's figures (`selectors.run_figures`)."""
+
+    runs = serializers.IntegerField(help_text="Runs created in the window, in any state.")
+    successes = serializers.IntegerField()
+    failures = serializers.IntegerField()
+    error_rate = serializers.FloatField(allow_null=True, help_text="failures / (successes + failures); null: none.")
+    mean_seconds = serializers.FloatField(allow_null=True, help_text="Mean duration of the finished runs.")
+    p50_seconds = serializers.FloatField(
+        allow_null=True, help_text="Median duration of the finished runs (SUCCESS, FAILURE), interpolated."
+    )
+    p95_seconds = serializers.FloatField(allow_null=True, help_text="95th percentile duration (percentile_cont).")
+    throughput_per_hour = serializers.FloatField(help_text="Runs per hour over the window.")
+    peak_concurrency = serializers.IntegerField(
+        help_text="The most runs running at one moment (a run still running counts up to now)."
+    )
+    running = serializers.IntegerField(help_text="Runs of the window running now (STARTED or PROGRESS).")
+    sampled = serializers.BooleanField(
+        help_text="Durations and concurrency over the window's newest 100,000 runs only (not on PostgreSQL)."
+    )
+
+
+class TaskFiguresSerializer(RunFiguresSerializer):
+    task = serializers.CharField(help_text='The task\'s name ("?": runs without one).')
+
+
+class ScheduleFiguresSerializer(serializers.Serializer[dict[str, Any]]):
+    """A schedule as the console's schedule list shows it (`selectors.schedule_figures`)."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    task = serializers.CharField()
+    enabled = serializers.BooleanField()
+    last_run = serializers.DictField(allow_null=True, help_text="`state` and `at` of its newest run; null: none.")
+    next_run = serializers.DictField(help_text="`at` (UTC, null: none), `local`, `zone`, `reason` (why none).")
+    success_rate = serializers.FloatField(allow_null=True, help_text="Of the finished runs among its last 20.")
+    median_seconds = serializers.FloatField(allow_null=True, help_text="Of the finished runs among its last 20.")
+    recent_runs = serializers.IntegerField(help_text="How many runs those figures are of (at most 20).")
+
+
+class SchedulePageSerializer(serializers.Serializer[dict[str, Any]]):
+    count = serializers.IntegerField(help_text="Schedules in all.")
+    page = serializers.IntegerField()
+    page_size = serializers.IntegerField()
+    next = serializers.CharField(allow_null=True)
+    previous = serializers.CharField(allow_null=True)
+    results = ScheduleFiguresSerializer(many=True)
+
+
+class StatsSerializer(serializers.Serializer[dict[str, Any]]):
+    window = serializers.CharField()
+    since = serializers.DateTimeField(help_text="The window's start: runs created since.")
+    now = serializers.DateTimeField(help_text="When the figures were computed (shared 5 s; 60 s for 7d).")
+    runs = RunFiguresSerializer(help_text="Every task's runs.")
+    tasks = TaskFiguresSerializer(many=True, help_text="Per task, the busiest first.")
+    queues = serializers.DictField(
+        child=serializers.IntegerField(allow_null=True), allow_null=True,
+        help_text="Messages waiting per queue; null (or a queue's null): Redis did not answer (see broker_error).",
+    )  # fmt: skip
+    workers_online = serializers.IntegerField(allow_null=True, help_text="null: Redis did not answer.")
+    workers = serializers.ListField(child=serializers.DictField(), allow_null=True,
+                                    help_text="The workers that answered, with the queues they consume.")  # fmt: skip
+    broker_error = serializers.CharField(allow_null=True, help_text="Why queues or workers are unknown.")
+    schedules = SchedulePageSerializer(
+        allow_null=True, help_text="A page of schedules (?page, ?page_size); null without the permission to view them."
+    )

@@ -1,4 +1,4 @@
-"""/api/: an index, schedules, runs, tasks, dead letters; the OpenAPI schema at /api/schema/ and its
+"""/api/: an index, schedules, runs, tasks, dead letters, statistics; the OpenAPI schema at /api/schema/ and its
 browsable documentation at /api/docs/ (Swagger UI) and /api/redoc/ (Redoc)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from rest_framework.routers import DefaultRouter
 
 from scheduler_app.api.deadletters import DeadLetterViewSet
 from scheduler_app.api.index import ApiIndex, docs_view
+from scheduler_app.api.stats import Stats
 from scheduler_app.api.views import RunViewSet, ScheduleViewSet, TaskList, not_found
 
 router = DefaultRouter()
@@ -22,6 +23,7 @@ router.register("dead-letters", DeadLetterViewSet, basename="dead-letter")
 urlpatterns = [
     path("", ApiIndex.as_view(), name="api-index"),
     path("tasks/", TaskList.as_view(), name="api-tasks"),
+    path("stats/", Stats.as_view(), name="api-stats"),
     path("docs/", docs_view(SpectacularSwaggerView), name="api-docs"),
     path("redoc/", docs_view(SpectacularRedocView), name="api-redoc"),
     path(

@@ -25,6 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from scheduler_app import audit, catalog, schedules, selectors, services
+from scheduler_app.api import params
 from scheduler_app.api import serializers as api
 from scheduler_app.api.permissions import RUN_PERMS, SCHEDULE_PERMS, StaffWithModelPermission
 from scheduler_app.beat import slots
@@ -72,13 +73,6 @@ class RunPages(CursorPagination):
     max_page_size = 500
 
 
-def choice(request: Request, name: str, allowed: tuple[str, ...] | list[str]) -> str | None:
-    value = request.query_params.get(name)
-    if value is not None and value not in allowed:
-        raise ValidationError({name: [f"must be one of {', '.join(allowed)}; got {value!r}"]})
-    return value
-
-
 class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
     """Schedules: list (filters: enabled, task, queue, health, search), create, read,
     update, delete; pause, resume, run now; the next runs."""
@@ -92,16 +86,16 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
         tasks: QuerySet[PeriodicTask] = PeriodicTask.objects.select_related(
             "interval", "crontab", "solar", "clocked", "policy__owner", "policy__paused_by", "health"
         ).order_by("name", "pk")
-        params = self.request.query_params
-        if (enabled := choice(self.request, "enabled", ("true", "false"))) is not None:
+        query = self.request.query_params
+        if (enabled := params.choice(self.request, "enabled", ("true", "false"))) is not None:
             tasks = tasks.filter(enabled=enabled == "true")
-        if health := choice(self.request, "health", ScheduleHealth.STATES):
+        if health := params.choice(self.request, "health", ScheduleHealth.STATES):
             tasks = tasks.filter(health__state=health)
         for name, field in (("task", "task"), ("queue", "queue")):
-            if params.get(name):
-                tasks = tasks.filter(**{field: params[name]})
-        if params.get("search"):
-            tasks = tasks.filter(name__icontains=params["search"])
+            if query.get(name):
+                tasks = tasks.filter(**{field: query[name]})
+        if query.get("search"):
+            tasks = tasks.filter(name__icontains=query["search"])
         return tasks
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer[PeriodicTask]]:
@@ -197,12 +191,10 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
     @action(detail=True, methods=["get"], url_path="next-runs")
     def next_runs(self, request: Request, pk: str | None = None) -> Response:
         """The next runs in the schedule's zone and in UTC, daylight saving changes marked."""
-        count = request.query_params.get("count", "5")
-        if not (count.isascii() and count.isdecimal()) or not 1 <= int(count) <= MAX_NEXT_RUNS:
-            raise ValidationError({"count": [f"a whole number from 1 to {MAX_NEXT_RUNS}; got {count!r}"]})
+        count = params.whole_number(request, "count", 5, 1, MAX_NEXT_RUNS)
         task = self.get_object()
         try:
-            runs = schedules.next_runs(task, int(count))
+            runs = schedules.next_runs(task, count)
         except (slots.InvalidSchedule, ValueError, OverflowError) as exc:
             raise Conflict(f"the schedule cannot be computed: {exc}; fix it first.") from None
         zone = runs[0].zone if runs else schedules.zone_of(task)
@@ -219,10 +211,8 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
     @action(detail=True, methods=["get"])
     def incidents(self, request: Request, pk: str | None = None) -> Response:
         """The schedule's incident log, newest first: late, failing, recovered, and what was sent."""
-        limit = request.query_params.get("limit", "20")
-        if not (limit.isascii() and limit.isdecimal()) or not 1 <= int(limit) <= 200:
-            raise ValidationError({"limit": [f"a whole number from 1 to 200; got {limit!r}"]})
-        found = alerts.recent_incidents(self.get_object(), int(limit))
+        limit = params.whole_number(request, "limit", 20, 1, 200)
+        found = alerts.recent_incidents(self.get_object(), limit)
         return Response([{**alerts.payload(incident), "deliveries": incident.deliveries} for incident in found])
 
 
@@ -236,16 +226,16 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
 
     def get_queryset(self) -> QuerySet[Run]:
         runs = Run.objects.all()
-        params = self.request.query_params
-        if state := choice(self.request, "state", selectors.RUN_STATES):
+        query = self.request.query_params
+        if state := params.choice(self.request, "state", selectors.RUN_STATES):
             runs = runs.filter(status=state)
-        if params.get("schedule"):
-            runs = runs.filter(periodic_task_name=schedule_name(params["schedule"]))
-        if params.get("task"):
-            runs = runs.filter(task_name=params["task"])
-        if trigger := choice(self.request, "trigger", TRIGGERS):
+        if query.get("schedule"):
+            runs = runs.filter(periodic_task_name=schedule_name(query["schedule"]))
+        if query.get("task"):
+            runs = runs.filter(task_name=query["task"])
+        if trigger := params.choice(self.request, "trigger", TRIGGERS):
             runs = selectors.with_trigger(runs, trigger)
-        if since := choice(self.request, "since", list(selectors.SINCE)):
+        if since := params.choice(self.request, "since", list(selectors.SINCE)):
             runs = runs.filter(date_created__gte=timezone.now() - selectors.SINCE[since])
         return runs
 

@@ -6,18 +6,23 @@
 - overlap `skip` / `wait` through the schedule's renewed Redis lock;
 - retries with exponential backoff, jitter and a cap, keeping the run's identity;
 - a result that is not JSON-serialisable fails the run with a clear error;
-- `report_progress(percent, message)` makes a PROGRESS state visible while it runs.
+- `report_progress(percent, message)` makes a PROGRESS state visible while it runs
+  (`await areport_progress(...)` from an `async def` body);
+- an `async def` body runs on the worker process's own event loop (scheduler_app/runs/aio.py).
 Time limits and expiry are Celery's own, set per message from the policy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
+import inspect
 import logging
 import numbers
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
@@ -31,7 +36,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.json import dumps as json_dumps
 
-from scheduler_app.runs import locks, states
+from scheduler_app.runs import aio, locks, states
 from scheduler_app.runs.context import HEADER
 from scheduler_app.runs.policy import RunPolicy
 
@@ -70,6 +75,18 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
     policy: RunPolicy = RunPolicy()
     retry_for: tuple[type[Exception], ...] = TRANSIENT_ERRORS
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Celery makes a subclass per task; refuse `autoretry_for` on an `async def` body,
+        which Celery's synchronous wrapper would never see fail (use `retry_for=`)."""
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        body = getattr(run, "__func__", run)  # a staticmethod's function
+        if callable(body) and inspect.iscoroutinefunction(inspect.unwrap(body)) and cls.__dict__.get("autoretry_for"):
+            raise TypeError(
+                f"{cls.__dict__.get('name') or cls.__name__}: autoretry_for does not apply to an async def body; "
+                "give the exceptions as retry_for= (PlatformTask retries them with the schedule's policy)."
+            )
+
     def run_header(self) -> dict[str, Any]:
         header = getattr(self.request, HEADER, None) or (self.request.headers or {}).get(HEADER)
         return dict(header or {})
@@ -81,8 +98,10 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
         return self.run_header().get("schedule") or getattr(self.request, "periodic_task_name", None) or self.name
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        if not self.request.id or self.request.is_eager:
-            return super().__call__(*args, **kwargs)  # called directly or eagerly: just run it
+        if not self.request.id:
+            return super().__call__(*args, **kwargs)  # called directly: just call it (an async body: await it)
+        if self.request.is_eager:
+            return self._body(*args, **kwargs)  # run eagerly (apply): run it, to the end
         if getattr(self.request, "finished_before", False):
             logger.info("%s[%s] already finished; its redelivered message is acknowledged, not run", self.name,
                         self.request.id)  # fmt: skip
@@ -93,10 +112,21 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
         policy = self.effective_policy()
         with self._overlap_guard(policy):
             try:
-                result = super().__call__(*args, **kwargs)
+                result = self._body(*args, **kwargs)
             except self.retry_for as exc:
                 raise self._retry_later(policy, exc) from exc
+            except ExceptionGroup as group:  # a TaskGroup's (or gather's) errors: transient if each one is
+                if group.split(self.retry_for)[1] is not None:
+                    raise
+                raise self._retry_later(policy, group) from group
         ensure_serializable(self.name, result)
+        return result
+
+    def _body(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """The task's function, run to its end: an `async def` body on the process's loop (aio)."""
+        result = super().__call__(*args, **kwargs)
+        if inspect.iscoroutine(result):
+            return cast(_R, aio.run(result, self.name))
         return result
 
     @contextmanager
@@ -184,16 +214,38 @@ def report_progress(percent: float, message: str = "", *, force: bool = False) -
 
     Writes at most every PROGRESS_MIN_INTERVAL seconds per run (unless `force`), so a
     tight loop may call it freely. Returns whether it wrote. Outside a worker it does nothing.
+    From an `async def` task, `await areport_progress(...)` does the same off the loop.
     """
+    write = _progress_write(percent, message, force)
+    if write is None:
+        return False
+    write()
+    return True
+
+
+async def areport_progress(percent: float, message: str = "", *, force: bool = False) -> bool:
+    """`report_progress` for an `async def` task: the write runs in a thread, so a slow
+    broker never blocks the task's event loop (its other awaits go on meanwhile)."""
+    write = _progress_write(percent, message, force)
+    if write is None:
+        return False
+    await asyncio.to_thread(write)
+    return True
+
+
+def _progress_write(percent: float, message: str, force: bool) -> Callable[[], None] | None:
+    """The write of one progress report of the current run, or None when there is none to
+    make (outside a worker, or throttled). The run's task and request are read here, in the
+    run's own thread: another thread has no current task."""
     # celery-types declares current_task a Task; it is a Proxy of the current task, or of None.
     proxy = cast("Proxy[Task[Any, Any] | None]", current_task)
     task = proxy._get_current_object()  # the proxy itself is never None
     if task is None or not task.request.id or task.request.is_eager:
-        return False
+        return None
+    run_id, request = task.request.id, task.request
     now = time.monotonic()
-    if not force and now - _last_progress.get(task.request.id, 0.0) < PROGRESS_MIN_INTERVAL:
-        return False
-    _last_progress[task.request.id] = now
-    percent = max(0.0, min(100.0, float(percent)))
-    task.update_state(state=states.PROGRESS, meta={"percent": percent, "message": str(message)})
-    return True
+    if not force and now - _last_progress.get(run_id, 0.0) < PROGRESS_MIN_INTERVAL:
+        return None
+    _last_progress[run_id] = now
+    meta = {"percent": max(0.0, min(100.0, float(percent))), "message": str(message)}
+    return functools.partial(task.backend.store_result, run_id, meta, states.PROGRESS, request=request)
