@@ -429,15 +429,20 @@ def ledger_status() -> dict[str, Any]:
             "late": late, "stalled": stalled, "flagged": flagged}  # fmt: skip
 
 
+def broker_unreachable() -> str | None:
+    """None when Redis answers one bounded ping (broker.bound()), else what the pages say."""
+    status = broker.broker_status()
+    return None if status.reachable else f"Redis did not answer within {broker.bound():g} s ({status.error})"[:300]
+
+
 def redis_figures() -> dict[str, Any]:
     """Workers, queues, beat and the ledger, all read through Redis: after one ping, so a
     Redis that does not answer costs the page one bounded wait (broker.bound()), not one
     per panel; `redis_error` then says what could not be read and why."""
-    status = broker.broker_status()
-    if status.reachable:
+    error = broker_unreachable()
+    if error is None:
         return {"workers": workers(), "queues": broker.queue_depths(), "beat": beat_status(),
                 "ledger": ledger_status(), "redis_error": None}  # fmt: skip
-    error = f"Redis did not answer within {broker.bound():g} s ({status.error})"[:300]
     return {"workers": [], "queues": dict.fromkeys(broker.known_queues(), -1),
             "beat": {"leader": None, "beats": [], "error": f"{error}: beat's state could not be read."},
             "ledger": {"error": "Redis unreachable"},  # as ledger_status() says it; the banner says more
@@ -449,9 +454,8 @@ def broker_figures() -> dict[str, Any]:
     """Queue depths (`broker.queue_depths`) and the workers that answer (`workers`), as the
     dashboard reads them, after one bounded ping: a Redis that does not answer costs one
     wait of `broker.bound()` and gives None for both with `error` saying why."""
-    status = broker.broker_status()
-    if not status.reachable:
-        error = f"Redis did not answer within {broker.bound():g} s ({status.error})"[:300]
+    error = broker_unreachable()
+    if error is not None:
         return {"queues": None, "workers": None, "error": error}
     depths = broker.queue_depths()
     unread = sorted(name for name, depth in depths.items() if depth < 0)
