@@ -20,6 +20,9 @@ from django_celery_results.models import TaskResult
 
 from scheduler_app.runs.policy import CATCH_UP_CHOICES, OVERLAP_CHOICES, task_policy
 
+MAX_JITTER_SECONDS = 86_400
+CALENDAR_RULES = ("skip", "move")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # date.weekday() order
 POLICY_FIELDS = (
     "overlap",
     "lock_ttl",
@@ -110,6 +113,25 @@ class SchedulePolicy(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     pause_note = models.CharField(max_length=500, blank=True)
+    jitter = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(MAX_JITTER_SECONDS)],
+        help_text="Seconds: each slot is sent up to this much later, by an amount derived from the schedule "
+        "and the slot (the same on every beat). Less than the time between two slots; empty: none.",
+    )
+    calendars: models.ManyToManyField[Any, Any] = models.ManyToManyField(
+        "BusinessCalendar",
+        blank=True,
+        related_name="policies",
+        help_text="Business calendars whose excluded times this schedule keeps out of.",
+    )
+    calendar_rule = models.CharField(
+        max_length=8,
+        blank=True,
+        choices=[(c, c) for c in CALENDAR_RULES],
+        help_text="A slot in an excluded time: skip it (the default), or move it to the next allowed moment.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -135,6 +157,114 @@ class SchedulePolicy(models.Model):
         return {name: value for name, value in values.items() if value not in (None, "")}
 
 
+class BusinessCalendar(models.Model):
+    """Times a schedule keeps out of: dates and date ranges (holidays, freeze windows), days
+    of the week and hours outside the allowed ones, and a country's public holidays (the
+    `holidays` package), all read in the calendar's time zone (`beat.calendars`)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.CharField(max_length=500, blank=True)
+    timezone = models.CharField(max_length=63, default="UTC", help_text="An IANA zone, e.g. Europe/Berlin.")
+    weekdays = models.CharField(
+        max_length=27,
+        blank=True,
+        help_text="The allowed days, e.g. mon,tue,wed,thu,fri; empty: every day.",
+    )
+    day_starts = models.TimeField(null=True, blank=True, help_text="Allowed from this time of day; empty: 00:00.")
+    day_ends = models.TimeField(null=True, blank=True, help_text="Allowed until this time of day; empty: midnight.")
+    holiday_country = models.CharField(
+        max_length=3, blank=True, help_text="Exclude this country's public holidays: an ISO code such as DE or US."
+    )
+    holiday_subdivision = models.CharField(
+        max_length=10, blank=True, help_text="Its region, as the holidays package names it (e.g. BY, CA)."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "business calendar"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CalendarExclusion(models.Model):
+    """A date or a range of dates (inclusive, in the calendar's zone) that is excluded."""
+
+    calendar = models.ForeignKey(BusinessCalendar, on_delete=models.CASCADE, related_name="exclusions")
+    first_day = models.DateField()
+    last_day = models.DateField(null=True, blank=True, help_text="Inclusive; empty: the first day only.")
+    label = models.CharField(max_length=100, blank=True, help_text="Shown on skipped slots, e.g. Release freeze.")
+
+    class Meta:
+        ordering = ["first_day", "pk"]
+        verbose_name = "excluded date"
+
+    def __str__(self) -> str:
+        last = f" to {self.last_day}" if self.last_day and self.last_day != self.first_day else ""
+        return f"{self.label or 'excluded'}: {self.first_day}{last}"
+
+    def clean(self) -> None:
+        if self.last_day is not None and self.first_day is not None and self.last_day < self.first_day:
+            raise ValidationError({"last_day": "The last day comes before the first; give a later one, or none."})
+
+
+class Backfill(models.Model):
+    """Runs of a schedule for every slot between two moments, as if beat had sent them.
+    Beat's leader sends them, at most `max_concurrent` at a time (`beat.backfills`)."""
+
+    RUNNING, FINISHED, CANCELLED = "running", "finished", "cancelled"
+    STATES = (RUNNING, FINISHED, CANCELLED)
+
+    periodic_task = models.ForeignKey(PeriodicTask, on_delete=models.CASCADE, related_name="backfills")
+    schedule_name = models.CharField(max_length=200)
+    start = models.DateTimeField(help_text="Slots from this moment (inclusive).")
+    end = models.DateTimeField(help_text="Slots up to this moment (inclusive).")
+    newest_first = models.BooleanField(default=False)
+    max_concurrent = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    rerun = models.BooleanField(default=False, help_text="Also run slots that already have a finished run.")
+    state = models.CharField(max_length=10, choices=[(s, s) for s in STATES], default=RUNNING, db_index=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    requested_by_name = models.CharField(max_length=150, blank=True)
+    via = models.CharField(max_length=10, default="api")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by_name = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        permissions = [("run_backfill", "Can start and cancel a backfill")]
+
+    def __str__(self) -> str:
+        return f"backfill {self.pk} of {self.schedule_name}"
+
+
+class BackfillSlot(models.Model):
+    """One slot of a backfill: waiting, claimed by beat (its run id chosen), sent, skipped
+    (it already had a finished run) or cancelled."""
+
+    WAITING, CLAIMED, SENT, SKIPPED, CANCELLED = "waiting", "claimed", "sent", "skipped", "cancelled"
+    STATES = (WAITING, CLAIMED, SENT, SKIPPED, CANCELLED)
+
+    backfill = models.ForeignKey(Backfill, on_delete=models.CASCADE, related_name="slots")
+    slot = models.DateTimeField()
+    position = models.PositiveIntegerField(help_text="The order in which it is sent.")
+    state = models.CharField(max_length=10, choices=[(s, s) for s in STATES], default=WAITING)
+    task_id = models.CharField(max_length=255, blank=True, db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    finished = models.BooleanField(default=False, help_text="Its run has ended (any final state).")
+
+    class Meta:
+        ordering = ["backfill", "position"]
+        constraints = [models.UniqueConstraint(fields=["backfill", "slot"], name="bk_backfill_slot_once")]
+        indexes = [models.Index(fields=["backfill", "state", "position"], name="bk_backfill_slot_state")]
+
+    def __str__(self) -> str:
+        return f"{self.slot.isoformat()} ({self.state})"
+
+
 class ScheduleChange(models.Model):
     """The change log that lets beat reload only what changed.
 
@@ -144,7 +274,8 @@ class ScheduleChange(models.Model):
 
     TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED = "task", "interval", "crontab", "solar", "clocked"
     BEAT = "beat"  # a schedule beat itself disabled (one-off sent, expired)
-    KINDS = (TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED, BEAT)
+    CALENDAR = "calendar"  # a business calendar or its dates: its schedules are reloaded
+    KINDS = (TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED, BEAT, CALENDAR)
 
     kind = models.CharField(max_length=8, choices=[(k, k) for k in KINDS])
     object_id = models.BigIntegerField()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from cron_descriptor import get_description
@@ -14,8 +15,9 @@ from django.conf import settings
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from scheduler_app.beat import slots
+from scheduler_app.beat import calendars, hashing, rules, slots
 from scheduler_app.catalog import Every
+from scheduler_app.models import BusinessCalendar
 from scheduler_app.runs.policy import task_policy
 
 UTC = dt.UTC
@@ -23,9 +25,11 @@ UTC = dt.UTC
 
 @dataclass(frozen=True)
 class NextRun:
-    at: dt.datetime | None  # in UTC; None when the schedule will not run again
+    at: dt.datetime | None  # in UTC, when it is sent; None when the schedule will not run again
     zone: str
     reason: str = ""  # why there is no next run ("disabled", "one-off already run")
+    slot: dt.datetime | None = None  # the nominal slot, where its jitter or calendars move it
+    note: str = ""  # "jitter +37s", "moved: Christmas Day, DE"
 
     def local(self) -> dt.datetime | None:
         return self.at.astimezone(ZoneInfo(self.zone)) if self.at else None
@@ -46,6 +50,9 @@ def describe(task: PeriodicTask) -> str:
     if task.crontab_id:
         cron = task.crontab
         expr = f"{cron.minute} {cron.hour} {cron.day_of_month} {cron.month_of_year} {cron.day_of_week}"
+        if hashing.has_hash(expr):
+            chosen = hashing.chosen_by_hash(expr, task.name)
+            return f"{get_description(hashing.resolve(expr, task.name))} ({cron.timezone}; {chosen})"
         return f"{get_description(expr)} ({cron.timezone})"
     if task.clocked_id:
         return f"once at {task.clocked.clocked_time.isoformat()}"
@@ -85,18 +92,91 @@ def next_runs(
     now = now or timezone.now()
     if why_not(task, now):
         return []
-    table = table or slots.timetable(task.clocked or task.interval or task.crontab or task.solar)
+    table = table or table_of(task)
     slot = slots.first_slot(table, last_run_at=task.last_run_at, start_time=task.start_time, created=task.date_changed)
-    late = slot is not None and (now - slot).total_seconds() > settings.BEAT_CATCH_UP_GRACE_SECONDS
+    late = (
+        slot is not None and (now - rules.send_at(table, slot)).total_seconds() > settings.BEAT_CATCH_UP_GRACE_SECONDS
+    )
     if slot is not None and late and not isinstance(table, slots.Clocked):  # a clocked slot runs, however late
         if catch_up_of(task) == "skip":  # beat sends none of the backlog: on to the next slot
             slot = table.slot_following(slot, now)
         else:  # `once`: one run now, as the backlog's latest slot; beat carries on after that one
             slot = slots.latest_until(table, slot, now)
-    once = task.one_off or isinstance(table, slots.Clocked)  # sent once, then disabled
+    once = task.one_off or clocked(table)  # sent once, then disabled
     times = [] if slot is None else [slot, *slots.upcoming(table, slot, 0 if once else count - 1)]
-    runs = [max(at, now) for at in times if not task.expires or at < task.expires]  # a due slot goes now
-    return [NextRun(at.astimezone(UTC), table.zone) for at in runs]
+    moments = [(at, rules.send_at(table, at)) for at in times]
+    runs = [(at, sent) for at, sent in moments if not task.expires or sent < task.expires]
+    return [next_run_of(table, at, max(sent, now)) for at, sent in runs]  # a due slot goes now
+
+
+def next_run_of(table: slots.Timetable, slot: dt.datetime, at: dt.datetime) -> NextRun:
+    if not isinstance(table, rules.Ruled):
+        return NextRun(at.astimezone(UTC), table.zone)
+    return NextRun(at.astimezone(UTC), table.zone, slot=slot, note=table.verdict(slot).note)
+
+
+def clocked(table: slots.Timetable) -> bool:
+    return isinstance(getattr(table, "base", table), slots.Clocked)
+
+
+def table_of(task: PeriodicTask, row: slots.ScheduleRow | None = None) -> slots.Timetable:
+    """The schedule's timetable as beat reads it: its row's, with its own rules (H values,
+    jitter, calendars: `beat.rules`). `row`: the schedule row, if not the task's own."""
+    base = slots.timetable(row or task.clocked or task.interval or task.crontab or task.solar)
+    policy = getattr(task, "policy", None) if task.pk else None
+    jitter, move, found = 0.0, False, calendars.Calendars(())
+    if policy is not None:
+        jitter, move = float(policy.jitter or 0), policy.calendar_rule == "move"
+        found = calendars_of(list(policy.calendars.all()))
+    return rules.for_schedule(base, task.name, jitter=jitter, calendars=found, move=move)
+
+
+_CALENDARS: dict[tuple[Any, ...], calendars.Calendar] = {}
+
+
+def calendars_of(rows: list[BusinessCalendar]) -> calendars.Calendars:
+    """Beat's calendars of these rows, kept while the rows stay as they are (a holiday
+    table is computed once per calendar and year, not once per schedule)."""
+    found = []
+    for row in rows:
+        excluded = tuple((x.first_day, x.last_day, x.label) for x in row.exclusions.all())
+        key = (row.pk, row.updated_at, excluded)
+        if key not in _CALENDARS:
+            if len(_CALENDARS) > 1000:
+                _CALENDARS.clear()
+            _CALENDARS[key] = calendars.from_row(row)
+        found.append(_CALENDARS[key])
+    return calendars.Calendars(tuple(found))
+
+
+def explain(task: PeriodicTask, count: int, now: dt.datetime | None = None,
+            table: slots.Timetable | None = None) -> list[rules.Verdict]:  # fmt: skip
+    """The next `count` slots of the schedule with what becomes of each (sent at, jitter,
+    skipped or moved by a calendar), the skipped ones too: the preview's rows."""
+    now = now or timezone.now()
+    table = table or table_of(task)
+    runs = next_runs(task, count, now, table)
+    if not isinstance(table, rules.Ruled) or not runs or not table.calendars:
+        return [rules.Verdict(run.slot or run.at, run.at, run.note) for run in runs if run.at]
+    first = runs[0].slot or runs[0].at
+    assert first is not None  # noqa: S101  (a run has its moment)
+    start = first - dt.timedelta(microseconds=1)
+    return [verdict if verdict.slot != first else rules.Verdict(first, runs[0].at, verdict.note)
+            for verdict in table.explain(start, count)]  # fmt: skip
+
+
+def slots_between(task: PeriodicTask, start: dt.datetime, end: dt.datetime, limit: int,
+                  table: slots.Timetable | None = None) -> list[tuple[dt.datetime, dt.datetime]]:  # fmt: skip
+    """The schedule's slots from `start` to `end` (both inclusive), each with the moment beat
+    sends it for (its jitter or calendars in), as beat would have sent them: at most
+    `limit` + 1 of them, so a caller can tell that a range holds more than `limit`."""
+    table = table or table_of(task)
+    found: list[tuple[dt.datetime, dt.datetime]] = []
+    slot = table.slot_after(start - dt.timedelta(microseconds=1))
+    while slot is not None and slot <= end and len(found) <= limit:
+        found.append((slot, rules.send_at(table, slot)))
+        slot = table.slot_after(slot)
+    return found
 
 
 def catch_up_of(task: PeriodicTask) -> str:

@@ -141,7 +141,7 @@ class Dispatcher:
             for send in sends:
                 try:
                     if self._send_one(send, producer):
-                        worst = max(worst, (timezone.now() - send.slot).total_seconds())
+                        worst = max(worst, (timezone.now() - send.moment).total_seconds())
                 except (SystemExit, KeyboardInterrupt) as exc:  # the interrupted one may have gone: not again
                     stopping = exc
         self.lag = worst
@@ -159,10 +159,10 @@ class Dispatcher:
             )
             return False
         try:
-            self.send_task(entry.task, args, kwargs, producer=producer, **entry.message_options(send.slot))
+            self.send_task(entry.task, args, kwargs, producer=producer, **entry.message_options(send.slot, send.at))
         except Exception as exc:  # noqa: BLE001  (a failed send must not stop the others)
             logger.error("could not send %s for %s: %r; trying again", entry.name, send.slot.isoformat(), exc)
             self.unsent.append(send)
             return False
-        logger.info("Scheduler: Sending due task %s (%s) for %s", entry.name, entry.task, send.slot.isoformat())
+        logger.info("Scheduler: Sending due task %s (%s) for %s", entry.name, entry.task, send.moment.isoformat())
         return True

@@ -29,13 +29,13 @@ class DueHeap:
         return next(self._seq)
 
     def push(self, entry: Entry) -> None:
-        if entry.next_slot is not None and self._leading():
-            heapq.heappush(self._items, (entry.next_slot.timestamp(), next(self._seq), entry.pk, entry.version))
+        due_at = entry.due_at
+        if due_at is not None and self._leading():
+            heapq.heappush(self._items, (due_at.timestamp(), next(self._seq), entry.pk, entry.version))
 
     def rebuild(self, entries: Iterable[Entry]) -> None:
-        self._items = [
-            (e.next_slot.timestamp(), next(self._seq), e.pk, e.version) for e in entries if e.next_slot is not None
-        ]
+        due = ((e.due_at, e.pk, e.version) for e in entries)
+        self._items = [(at.timestamp(), next(self._seq), pk, version) for at, pk, version in due if at is not None]
         heapq.heapify(self._items)
 
     def first_due(self) -> float | None:

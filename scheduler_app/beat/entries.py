@@ -21,7 +21,7 @@ from django_celery_beat.models import PeriodicTask
 from django_celery_beat.utils import NEVER_CHECK_TIMEOUT
 from kombu.utils.json import loads
 
-from scheduler_app.beat import slots
+from scheduler_app.beat import rules, slots
 from scheduler_app.models import POLICY_FIELDS
 from scheduler_app.runs.context import HEADER
 from scheduler_app.runs.policy import RunPolicy, task_policy
@@ -34,7 +34,7 @@ ROW_FIELDS = (
     "id", "name", "task", "args", "kwargs", "queue", "exchange", "routing_key", "priority",
     "expire_seconds", "expires", "headers", "one_off", "start_time", "total_run_count",
     "interval_id", "crontab_id", "solar_id", "clocked_id",
-    *(f"policy__{name}" for name in POLICY_FIELDS),
+    *(f"policy__{name}" for name in POLICY_FIELDS), "policy__jitter", "policy__calendar_rule",
     "anchor", "never_run",  # last_run_at, or date_changed for a schedule that never ran: one timestamp to parse
 )  # fmt: skip
 TableKey = tuple[str, int]  # ("interval" | "crontab" | "solar" | "clocked", the row's id)
@@ -78,8 +78,23 @@ class Entry:
     last_run_at: dt.datetime | None
     total_run_count: int
     date_changed: dt.datetime
+    jitter: float = 0.0
+    move: bool = False  # calendar rule: move an excluded slot (True) or skip it
+    calendar_ids: tuple[int, ...] = ()
     next_slot: dt.datetime | None = None
+    table: slots.Timetable | None = None  # its own timetable, when rules apply (`rules.for_schedule`)
     version: int = 0
+
+    @property
+    def has_rules(self) -> bool:
+        return bool(self.jitter or self.calendar_ids)
+
+    @property
+    def due_at(self) -> dt.datetime | None:
+        """When its next slot is sent: the slot, or later by its jitter or calendars."""
+        if self.next_slot is None or self.table is None:
+            return self.next_slot
+        return rules.send_at(self.table, self.next_slot)
 
     @property
     def clocked(self) -> bool:
@@ -93,22 +108,29 @@ class Entry:
     def kwargs(self) -> dict[str, Any]:
         return dict(loads(self.raw_kwargs or "{}"))
 
-    def header(self, slot: dt.datetime) -> dict[str, Any]:
-        return {"trigger": "beat", "schedule": self.name, "scheduled_for": slot.isoformat(), "policy": self.overrides}
+    def header(self, slot: dt.datetime, at: dt.datetime | None = None) -> dict[str, Any]:
+        """`scheduled_for` is the moment the slot is sent (its jitter or calendar move in);
+        the slot itself goes as `slot` where the two differ."""
+        header = {"trigger": "beat", "schedule": self.name, "scheduled_for": (at or slot).isoformat(),
+                  "policy": self.overrides}  # fmt: skip
+        if at is not None and at != slot:
+            header["slot"] = slot.isoformat()
+        return header
 
-    def message_options(self, slot: dt.datetime) -> dict[str, Any]:
+    def message_options(self, slot: dt.datetime, at: dt.datetime | None = None) -> dict[str, Any]:
         """What beat sends with this slot. `celery_beat_task` is the header Celery's own beat
         adds, by which code tells beat's runs apart."""
         options = dict(self.options)
-        options["headers"] = {**options.get("headers", {}), "celery_beat_task": True, HEADER: self.header(slot)}
+        options["headers"] = {**options.get("headers", {}), "celery_beat_task": True, HEADER: self.header(slot, at)}
         return options
 
     def is_due(self) -> schedstate:
         """Celery's `ScheduleEntry.is_due()`: whether a slot is due now, and the seconds until
         the next check. Beat itself reads its heap; this is for code written against Celery."""
-        if self.next_slot is None:
+        due_at = self.due_at
+        if due_at is None:
             return schedstate(False, NEVER_CHECK_TIMEOUT)  # django-celery-beat's answer for an entry that never runs
-        remaining = (self.next_slot - timezone.now()).total_seconds()
+        remaining = (due_at - timezone.now()).total_seconds()
         if remaining <= 0:  # due: look again after beat's check interval, as its tick would
             return schedstate(True, float(settings.BEAT_CHECK_SECONDS))
         return schedstate(False, remaining)
@@ -116,17 +138,23 @@ class Entry:
 
 @dataclass
 class Send:
-    """A due slot of an entry, decided and waiting to be claimed and sent."""
+    """A due slot of an entry, decided and waiting to be claimed and sent (`at`: the moment
+    it is sent for, the slot unless its jitter or calendars move it)."""
 
     entry: Entry
     slot: dt.datetime
+    at: dt.datetime | None = None
+
+    @property
+    def moment(self) -> dt.datetime:
+        return self.at or self.slot
 
 
 def same_schedule(a: Entry, b: Entry) -> bool:
     """Whether two entries send the same thing at the same times (the next one included, so
     that an edit of the timetable they share counts)."""
     facts = ("pk", "task", "table_key", "raw_args", "raw_kwargs", "options", "overrides", "one_off", "start_time",
-             "expires", "next_slot")  # fmt: skip
+             "expires", "jitter", "move", "calendar_ids", "next_slot")  # fmt: skip
     return all(getattr(a, fact) == getattr(b, fact) for fact in facts)
 
 
@@ -156,6 +184,8 @@ def entry_from_row(row: tuple[Any, ...], policies: Policies) -> Entry:
         last_run_at=None if values["never_run"] else values["anchor"],
         total_run_count=values["total_run_count"],
         date_changed=values["anchor"],
+        jitter=float(values["policy__jitter"] or 0),
+        move=values["policy__calendar_rule"] == "move",
     )
 
 

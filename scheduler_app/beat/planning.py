@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from scheduler_app.beat import slots
+from scheduler_app.beat import rules, slots
 from scheduler_app.beat.due import DueHeap
 from scheduler_app.beat.entries import Entry, Send
 from scheduler_app.beat.store import EntryStore
@@ -44,20 +44,22 @@ class Planner:
             self.writes.disable.add(entry.pk)
             self.store.remove(entry.pk)
             return None
-        slot = entry.next_slot
-        assert slot is not None  # noqa: S101  (only entries with a slot are on the heap)
-        late = (now - slot).total_seconds()
+        slot, at = entry.next_slot, entry.due_at
+        assert slot is not None and at is not None  # noqa: S101  (only entries with a slot are on the heap)
+        late = (now - at).total_seconds()
         if late <= self.grace or entry.clocked:
-            return Send(entry, slot)
+            return Send(entry, slot, at)
         if entry.policy.catch_up == "skip":
-            logger.info("skipping a missed slot of %s (%s, %.0fs late; catch-up is 'skip')", entry.name, slot, late)
+            logger.info("skipping a missed slot of %s (%s, %.0fs late; catch-up is 'skip')", entry.name, at, late)
             self.move_on(entry, slot, now)
             return None
-        table = self.store.tables[entry.table_key]  # `once`: one run, as the backlog's latest slot, so it stays one
-        return Send(entry, slots.latest_until(table, slot, now))
+        table = self.store.table_of(entry)  # `once`: one run, as the backlog's latest slot, so it stays one
+        assert table is not None  # noqa: S101  (an entry with a slot has its timetable)
+        latest = slots.latest_until(table, slot, now)
+        return Send(entry, latest, rules.send_at(table, latest))
 
     def move_on(self, entry: Entry, slot: dt.datetime, now: dt.datetime) -> None:
-        table = self.store.tables.get(entry.table_key)
+        table = self.store.table_of(entry)
         entry.next_slot = table.slot_following(slot, now) if table else None
         self.heap.push(entry)
 
@@ -70,10 +72,10 @@ class Planner:
         if entry.one_off:
             self.finish_one_off(entry, send.slot)
             return
-        if (now - send.slot).total_seconds() > self.grace:  # catch-up `once`: one run for the whole backlog
+        if (now - send.moment).total_seconds() > self.grace:  # catch-up `once`: one run for the whole backlog
             self.move_on(entry, send.slot, now)
             return
-        table = self.store.tables.get(entry.table_key)  # within the grace every slot goes, late, in order
+        table = self.store.table_of(entry)  # within the grace every slot goes, late, in order
         entry.next_slot = table.slot_after(send.slot) if table else None
         self.heap.push(entry)
 

@@ -237,8 +237,11 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
         rows, bumped = self.changes.read()
         tasks = {object_id for _, kind, object_id, _ in rows if kind in (ScheduleChange.TASK, ScheduleChange.BEAT)}
         shared = {(kind, object_id) for _, kind, object_id, _ in rows if kind in SHARED_SCHEDULES}
+        calendars = {object_id for _, kind, object_id, _ in rows if kind == ScheduleChange.CALENDAR}
         if shared:
             self.store.reload_tables(shared)
+        if calendars:
+            tasks |= self.store.reload_calendars(calendars)
         if tasks:
             gone = self.store.reload_tasks(tasks)
             if gone and self.lease.is_leader:

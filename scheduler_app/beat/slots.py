@@ -30,6 +30,8 @@ from cronsim import CronSim, CronSimError
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, SolarSchedule
 
+from scheduler_app.beat import hashing
+
 UTC = dt.UTC
 MAX_INTERVAL_SECONDS = 100 * 366 * 86400
 ScheduleRow: TypeAlias = IntervalSchedule | CrontabSchedule | SolarSchedule | ClockedSchedule
@@ -113,12 +115,59 @@ class Cron:
     def slot_following(self, last: dt.datetime, now: dt.datetime) -> dt.datetime | None:
         return self.slot_after(now)
 
+    def slot_before(self, moment: dt.datetime) -> dt.datetime | None:
+        """The last slot strictly before `moment`."""
+        try:
+            for found in self._iterate(moment, reverse=True):
+                if found.astimezone(UTC) < moment:
+                    return found.astimezone(UTC)
+        except (OverflowError, ValueError):  # before the year 1
+            return None
+        return None
+
     def latest_until(self, slot: dt.datetime, now: dt.datetime) -> dt.datetime:
         start = now.replace(microsecond=0) + dt.timedelta(seconds=1)  # reverse: strictly before the start
         for found in self._iterate(start, reverse=True):
             if found.astimezone(UTC) <= now:
                 return max(found.astimezone(UTC), slot)
         return slot
+
+
+@dataclass(frozen=True)
+class HashedCron:
+    """A crontab row with H in it (`hashing`): a template, the same for every schedule that
+    shares the row; each schedule's own `Cron` comes from its name (`rules.for_schedule`)."""
+
+    expression: str
+    zone: str
+
+    def __post_init__(self) -> None:
+        self.named("example")  # the syntax and ranges, whatever the name
+
+    def named(self, name: str) -> Cron:
+        try:
+            return shared_cron(hashing.resolve(self.expression, name), self.zone)
+        except hashing.HashSyntaxError as exc:
+            raise InvalidSchedule(f"crontab {self.expression!r}: {exc}") from None
+
+    def slot_after(self, moment: dt.datetime) -> dt.datetime | None:
+        raise InvalidSchedule("a crontab with H needs the schedule's name (rules.for_schedule)")
+
+    def slot_following(self, last: dt.datetime, now: dt.datetime) -> dt.datetime | None:
+        raise InvalidSchedule("a crontab with H needs the schedule's name (rules.for_schedule)")
+
+
+_CRONS: dict[tuple[str, str], Cron] = {}
+
+
+def shared_cron(expression: str, zone: str) -> Cron:
+    """One Cron per expression and zone: 1,000 schedules written `H * * * *` share at most 60."""
+    key = (expression, zone)
+    if key not in _CRONS:
+        if len(_CRONS) > 100_000:
+            _CRONS.clear()
+        _CRONS[key] = Cron(expression, zone)
+    return _CRONS[key]
 
 
 @dataclass(frozen=True)
@@ -174,7 +223,10 @@ def timetable(row: ScheduleRow) -> Timetable:
             raise InvalidSchedule(f"an interval must be 1 second to 100 years, not {row.every} {row.period}")
         return Interval(seconds, default_zone())
     if isinstance(row, CrontabSchedule):
-        return Cron(cron_expression(row), str(row.timezone))
+        expression = cron_expression(row)
+        if hashing.has_hash(expression):
+            return HashedCron(expression, str(row.timezone))
+        return Cron(expression, str(row.timezone))
     if isinstance(row, SolarSchedule):
         return Solar(row.event, float(row.latitude), float(row.longitude), default_zone())
     if isinstance(row, ClockedSchedule):
@@ -183,9 +235,12 @@ def timetable(row: ScheduleRow) -> Timetable:
 
 
 def latest_until(table: Timetable, slot: dt.datetime, now: dt.datetime) -> dt.datetime:
-    """The last slot at or before `now`, from `slot` on: the one that stands for a backlog."""
-    if isinstance(table, Interval | Cron):
-        return table.latest_until(slot, now)
+    """The last slot at or before `now`, from `slot` on: the one that stands for a backlog
+    (a schedule's own rules, `beat.rules`: the last one sent by `now`)."""
+    own = getattr(table, "latest_until", None)
+    if own is not None:
+        found: dt.datetime = own(slot, now)
+        return found
     for _ in range(10_000):
         following = table.slot_after(slot)
         if following is None or following > now:
@@ -218,7 +273,13 @@ def first_slot(table: Timetable, *, last_run_at: dt.datetime | None, start_time:
     schedule was saved sets the phase: the first run is the first of start time + n
     intervals after the save. A crontab runs at its first slot from the start time on. A
     clocked schedule is due at its moment, however long ago that was (beat sends it once;
-    enabled again, once more)."""
+    enabled again, once more). A schedule's own rules (`beat.rules`) then leave out a slot
+    its calendars exclude."""
+    base = getattr(table, "base", None)
+    if base is not None:  # rules.Ruled: the first slot of its timetable that it sends
+        found = first_slot(base, last_run_at=last_run_at, start_time=start_time, created=created)
+        admitted: dt.datetime | None = table.admit(found)  # type: ignore[attr-defined]
+        return admitted
     if isinstance(table, Clocked):
         return table.at  # whether it already ran is the one-off rule's business (beat, marks)
     if isinstance(table, Interval) and last_run_at is None and start_time is not None:

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from django_celery_beat.models import PeriodicTask
 
-from scheduler_app.beat import slots
+from scheduler_app.beat import calendars, rules, slots
 from scheduler_app.beat.due import DueHeap
 from scheduler_app.beat.entries import Entry, Policies, TableKey, entry_from_row, rows
 from scheduler_app.beat.writes import PendingWrites
-from scheduler_app.models import SHARED_SCHEDULES
+from scheduler_app.models import SHARED_SCHEDULES, BusinessCalendar, SchedulePolicy
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -33,21 +33,25 @@ class EntryStore:
         self.entries: dict[int, Entry] = {}
         self.tables: dict[TableKey, slots.Timetable] = {}
         self.users: dict[TableKey, set[int]] = {}  # table key -> pks of the entries using it
+        self.calendars: dict[int, calendars.Calendar] = {}  # the business calendars, by id
+        self.links: dict[int, tuple[int, ...]] = {}  # schedule pk -> its calendars' ids (only those with any)
         self.policies: Policies  # set by load_all, before any entry is made
 
     def load_all(self, app: Celery) -> None:
         """Load every enabled schedule. A database error part-way keeps what was loaded
         before, so nothing is half-loaded; the caller rebuilds the heap on success."""
-        before = (self.tables, self.entries, self.users)
+        before = (self.tables, self.entries, self.users, self.calendars, self.links)
         self.tables, self.entries, self.users = {}, {}, {}
         self.policies = Policies(app)
         gc.disable()  # a load allocates many long-lived objects: collecting meanwhile finds nothing
         try:
             self.load_tables(SHARED_SCHEDULES.items())
+            self.calendars = load_calendars()
+            self.links = calendar_links()
             for row in rows(PeriodicTask.objects.filter(enabled=True)).iterator(chunk_size=5000):
                 self.add(row)
         except BaseException:
-            self.tables, self.entries, self.users = before
+            self.tables, self.entries, self.users, self.calendars, self.links = before
             raise
         finally:
             gc.enable()
@@ -65,6 +69,7 @@ class EntryStore:
     def add(self, row: tuple[Any, ...]) -> Entry | None:
         try:
             entry = entry_from_row(row, self.policies)
+            entry.calendar_ids = self.links.get(entry.pk, ())
         except Exception as exc:  # noqa: BLE001  (one bad row never stops beat)
             logger.error("schedule %r cannot run: %s; fix it in the admin", row[1], exc)
             self.remove(row[0])  # its previous, valid version stops too: it no longer says what runs
@@ -98,12 +103,27 @@ class EntryStore:
         if entry is not None:
             self.forget(entry)
 
+    def table_of(self, entry: Entry) -> slots.Timetable | None:
+        """The entry's timetable: its own (its rules applied), or the one it shares."""
+        return entry.table or self.tables.get(entry.table_key)
+
+    def own_table(self, entry: Entry, shared: slots.Timetable) -> slots.Timetable | None:
+        """The entry's timetable with its H values, jitter and calendars (None: the shared one serves)."""
+        if not entry.has_rules and not isinstance(shared, slots.HashedCron):
+            return None
+        found = [self.calendars[pk] for pk in entry.calendar_ids if pk in self.calendars]
+        return rules.for_schedule(
+            shared, entry.name, jitter=entry.jitter, calendars=calendars.Calendars(tuple(found)), move=entry.move
+        )
+
     def plan(self, entry: Entry, push: bool = False) -> None:
         """The entry's first slot from what it last ran (or its start time or creation)."""
-        table = self.tables.get(entry.table_key)
-        if table is None:
-            entry.next_slot = None
+        shared = self.tables.get(entry.table_key)
+        if shared is None:
+            entry.next_slot = entry.table = None
             return
+        entry.table = self.own_table(entry, shared)
+        table = entry.table or shared
         entry.next_slot = slots.first_slot(
             table, last_run_at=entry.last_run_at, start_time=entry.start_time, created=entry.date_changed
         )
@@ -119,9 +139,21 @@ class EntryStore:
                 entry.version = self.heap.next_version()
                 self.plan(entry, push=True)
 
+    def reload_calendars(self, ids: set[int]) -> set[int]:
+        """Read these calendars again; returns the schedules that use them (to be reloaded)."""
+        fresh = load_calendars(ids)
+        for pk in ids:
+            self.calendars.pop(pk, None)
+        self.calendars.update(fresh)
+        users = {pk for pk, linked in self.links.items() if ids & set(linked)}
+        return users | set(calendar_links(calendar_ids=ids))
+
     def reload_tasks(self, pks: set[int]) -> set[int]:
         """Reload these schedules; those no longer enabled are dropped. Returns the pks
         whose rows are gone from the database (their slot marks may go too)."""
+        for pk in pks:
+            self.links.pop(pk, None)
+        self.links.update(calendar_links(task_ids=pks))
         found = set()
         for row in rows(PeriodicTask.objects.filter(pk__in=pks, enabled=True)):
             found.add(row[0])
@@ -131,3 +163,31 @@ class EntryStore:
         for pk in pks - found:
             self.remove(pk)
         return pks - set(PeriodicTask.objects.filter(pk__in=pks).values_list("pk", flat=True))
+
+
+def load_calendars(ids: set[int] | None = None) -> dict[int, calendars.Calendar]:
+    """The business calendars (these ones, or all), with their excluded dates; a bad one is left out."""
+    found = BusinessCalendar.objects.prefetch_related("exclusions")
+    found = found if ids is None else found.filter(pk__in=ids)
+    loaded = {}
+    for row in found:
+        try:
+            loaded[row.pk] = calendars.from_row(row)
+        except Exception as exc:  # noqa: BLE001  (one bad calendar never stops beat)
+            logger.error("business calendar %r is invalid; its schedules keep none of it: %s", row.name, exc)
+    return loaded
+
+
+def calendar_links(
+    task_ids: set[int] | None = None, calendar_ids: set[int] | None = None
+) -> dict[int, tuple[int, ...]]:
+    """Schedule pk -> the ids of its calendars (one query on the policies' link table)."""
+    links = SchedulePolicy.calendars.through.objects.all()
+    if task_ids is not None:
+        links = links.filter(schedulepolicy_id__in=task_ids)
+    if calendar_ids is not None:
+        links = links.filter(businesscalendar_id__in=calendar_ids)
+    found: dict[int, list[int]] = {}
+    for task_pk, calendar_pk in links.values_list("schedulepolicy_id", "businesscalendar_id"):
+        found.setdefault(task_pk, []).append(calendar_pk)
+    return {pk: tuple(sorted(ids)) for pk, ids in found.items()}

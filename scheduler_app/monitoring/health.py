@@ -35,7 +35,7 @@ from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
 from scheduler_app import schedules
-from scheduler_app.beat import slots
+from scheduler_app.beat import rules, slots
 from scheduler_app.models import ScheduleHealth, SchedulePolicy
 from scheduler_app.monitoring import alerts
 from scheduler_app.runs import states
@@ -58,11 +58,16 @@ class Timetables(dict[tuple[str, int], slots.Timetable]):
     """One timetable per shared schedule row for a whole pass (a crontab's setup is the costly part)."""
 
     def of(self, task: PeriodicTask) -> slots.Timetable:
+        """The schedule's timetable; its own where it has rules (H, jitter, calendars)."""
         row = task.clocked or task.interval or task.crontab or task.solar
         key = (type(row).__name__, row.pk)
         if key not in self:
             self[key] = slots.timetable(row)
-        return self[key]
+        shared = self[key]
+        policy = policy_of(task)
+        if isinstance(shared, slots.HashedCron) or (policy and (policy.jitter or policy.calendars.all())):
+            return schedules.table_of(task, row)
+        return shared
 
 
 def policy_of(task: PeriodicTask) -> SchedulePolicy | None:
@@ -98,7 +103,7 @@ def expected_slot(task: PeriodicTask, table: slots.Timetable, now: dt.datetime) 
     cutoff = now - grace_for(table, now, task)
     first = first_counted(task, table)
     last = task.last_run_at if task.last_run_at and task.last_run_at >= task.date_changed else None
-    walks_back = isinstance(table, slots.Interval | slots.Cron)
+    walks_back = isinstance(getattr(table, "base", table), slots.Interval | slots.Cron)
     start = last if last is not None and (last <= cutoff or not walks_back) else first
     if start is None or start > cutoff or (first is not None and first > cutoff):
         return None
@@ -109,16 +114,18 @@ def first_counted(task: PeriodicTask, table: slots.Timetable) -> dt.datetime | N
     """The first slot after the schedule's last change. An interval that has run stays on the
     grid of its last run, as beat keeps it (and after a start time, if that is later)."""
     first = slots.first_slot(table, last_run_at=None, start_time=task.start_time, created=task.date_changed)
-    if isinstance(table, slots.Interval) and task.last_run_at is not None:
-        on_grid = table.on_grid_after(task.last_run_at, task.date_changed)
+    grid = getattr(table, "base", table)
+    if isinstance(grid, slots.Interval) and task.last_run_at is not None:
+        on_grid = grid.on_grid_after(task.last_run_at, task.date_changed)
         if task.start_time is None or on_grid >= task.start_time:
-            return on_grid
+            return on_grid if grid is table else table.admit(on_grid)  # type: ignore[attr-defined]  # rules.Ruled
     return first
 
 
 def verdict(task: PeriodicTask, table: slots.Timetable, started: dt.datetime | None, failures: int,
             now: dt.datetime) -> Verdict:  # fmt: skip
-    expected = expected_slot(task, table, now)
+    slot = expected_slot(task, table, now)
+    expected = rules.send_at(table, slot) if slot is not None else None  # its jitter or calendar move in
     upcoming = schedules.next_run(task, now, table=table).at
     if expected is not None and (started is None or started < expected):
         return Verdict(ScheduleHealth.LATE, expected, failures, upcoming)
@@ -156,7 +163,8 @@ def check_schedules(now: dt.datetime | None = None) -> dict[str, int]:
     counts = dict.fromkeys(ScheduleHealth.STATES, 0)
     tables = Timetables()
     enabled = PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "solar", "clocked")
-    for chunk in chunks(enabled.select_related("policy").order_by("pk").iterator(chunk_size=CHUNK), CHUNK):
+    enabled = enabled.select_related("policy").prefetch_related("policy__calendars__exclusions")
+    for chunk in chunks(enabled.order_by("pk").iterator(chunk_size=CHUNK), CHUNK):
         for found in judge_and_store(chunk, tables, now):
             counts[found.state] += 1
     ScheduleHealth.objects.exclude(periodic_task__enabled=True).delete()
