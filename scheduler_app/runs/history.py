@@ -16,18 +16,19 @@ import logging
 from typing import Any
 
 from celery import states as celery_states
-from celery.signals import before_task_publish, task_prerun, task_revoked
+from celery.signals import before_task_publish, task_prerun, task_received, task_revoked
 from django.db import DatabaseError
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from scheduler_app.runs import ledger, states
+from scheduler_app.runs import ledger, state_history, states
 from scheduler_app.runs.context import HEADER as HEADER
 from scheduler_app.runs.context import context_of, header_of
 
 TRIGGERS = ("beat", "manual", "api", "retry", "direct")  # "by": who asked, for all but beat and direct
 RUNNING = {celery_states.STARTED, states.PROGRESS}
 FINISHED = {celery_states.SUCCESS, celery_states.FAILURE, celery_states.REVOKED, states.SKIPPED, states.EXPIRED}
+RECEIVED_AT = "bk_received_at"  # the request's field with the moment the worker received the message
 logger = logging.getLogger(__name__)
 
 
@@ -39,6 +40,20 @@ def stamp_queued_at(headers: dict[str, Any] | None = None, **kwargs: Any) -> Non
     if isinstance(context, dict):
         context.setdefault("queued_at", timezone.now().isoformat())
         context.setdefault("trigger", "beat" if headers.get("periodic_task_name") else "direct")
+
+
+@task_received.connect
+def stamp_received(request: Any = None, **kwargs: Any) -> None:
+    """When the worker took the message (its main process; an ETA run's too, before it
+    waits): carried in the request to the process that runs it, so its RECEIVED state is
+    recorded with the run's first write, at no extra write."""
+    if request is not None:
+        request.request_dict[RECEIVED_AT] = timezone.now().isoformat()
+
+
+def received_state(request: Any) -> dict[str, Any]:
+    at = getattr(request, RECEIVED_AT, None)
+    return {state_history.KEY: [[state_history.RECEIVED, at]]} if isinstance(at, str) else {}
 
 
 @task_prerun.connect
@@ -69,6 +84,7 @@ def attach_run_context(task_id: str = "", task: Any = None, **kwargs: Any) -> No
         "attempt": max(len(attempts) + 1, int(request.retries or 0) + 1),
         "attempts": attempts,
         **(revocation or {}),
+        **received_state(request),
     }
 
 

@@ -7,7 +7,9 @@ a row kept once at its first time (a run reporting progress a thousand times kee
 PROGRESS), and at most `MAX_STATES` pairs (the first and the last halves of a longer one).
 A short run's single write carries its start, which becomes its STARTED entry. Celery
 writes no RECEIVED state to the result backend (only task events carry it, and they are
-off), so the history has none; the queued time is the run context's `queued_at`.
+off): the worker's main process notes when it took the message (`history.stamp_received`)
+and the run's first write carries it as a RECEIVED entry of the event's own `states`,
+merged here with the rest. The queued time is the run context's `queued_at`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from celery import states as celery_states
 
 KEY = "states"
+RECEIVED = "RECEIVED"
 MAX_STATES = 24
 State = tuple[str, str]  # (state, ISO time)
 
@@ -57,7 +60,7 @@ def with_states(meta: Any, row_meta: Any, new: list[State]) -> Any:
     value = _object(meta)
     if value is None or not new:
         return meta
-    value[KEY] = [list(pair) for pair in merged(stored(row_meta), new)]
+    value[KEY] = [list(pair) for pair in merged([*stored(row_meta), *stored(value)], new)]
     return json.dumps(value)
 
 

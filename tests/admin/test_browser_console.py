@@ -121,6 +121,7 @@ def test_an_operator_creates_runs_pauses_and_watches_a_schedule(
     page.locator("#bk-dashboard-link").click()
     expect(page.locator("#bk-dashboard")).to_contain_text("Schedules")
     expect(page.locator("#bk-dashboard")).to_contain_text("1 paused")
-    expect(page.locator("#bk-dashboard svg.bk-chart").first).to_be_visible()
+    expect(page.locator("#bk-dashboard canvas#bk-chart-hours")).to_be_visible()
+    expect(page.locator("#bk-dashboard")).to_have_attribute("data-charts", "2")  # Chart.js drew both
     expect(page.locator("#bk-dashboard")).to_have_attribute("data-refreshed", re.compile(r"[1-9]"), timeout=30_000)
     shot(page, "08-dashboard")

@@ -29,6 +29,15 @@ UTC = dt.UTC
 REFRESH_MS = 20_000  # the run page reloads itself every 3 s; a slow machine gets several chances
 
 
+PIXELS = """(id) => {
+  const canvas = document.getElementById(id);
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let drawn = 0;
+  for (let i = 3; i < data.length; i += 4) { if (data[i] > 0) drawn++; }
+  return drawn;
+}"""
+
+
 def run(status: str, start: dt.datetime, seconds: float | None, **fields: Any) -> TaskResult:
     """A run created and started at `start` that took `seconds` (None: not started yet)."""
     meta, result = json.dumps({"trigger": "beat"}), json.dumps(None)
@@ -89,6 +98,15 @@ def test_the_dashboard_shows_the_figures_worked_out_from_the_runs(page: Page, li
     assert {k: kept[k] for k in shown} == {"runs": "47", "successes": "24", "failures": "17", "error rate": "41 %",
                                            "p95 duration": "118.00 s", "peak concurrency": "4",
                                            "running now": "2"}  # fmt: skip
+    # The charts are Chart.js's, drawn from the same figures: the bars per state add up to the
+    # day's counts, the per-task bars name the task, and both canvases hold a drawing.
+    expect(page.locator("#bk-dashboard")).to_have_attribute("data-charts", "2")
+    sums = page.evaluate("""() => Chart.getChart('bk-chart-hours').data.datasets.map(
+        (set) => [set.label, set.data.reduce((a, b) => a + b, 0)])""")
+    assert dict(sums) == {"success": 14, "failure": 7, "other": 6}, sums
+    assert page.evaluate("() => Chart.getChart('bk-chart-tasks').data.labels") == [TASK]
+    for chart in ("bk-chart-hours", "bk-chart-tasks"):
+        assert page.evaluate(PIXELS, chart) > 1_000, f"{chart} looks blank"
 
 
 def next_cron(now: dt.datetime, zone: str, hours: set[int], minute: int, count: int) -> list[dt.datetime]:

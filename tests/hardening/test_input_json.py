@@ -210,3 +210,17 @@ def test_the_depth_check_reads_a_string_that_never_ends_in_one_pass(api: Client)
     response = send(api, "post", "/api/schedules/", body)
     assert response.status_code == 400 and "JSON parse error" in response.json()["detail"]
     assert time.monotonic() - started < 10  # a bound on the algorithm (it took hours), not a benchmark
+
+
+def test_it_refuses_a_pause_note_over_its_limit_at_both_doors(api: Client, admin: Client) -> None:
+    task = interval_schedule(enabled=True)
+    before = counts()
+    long_note = "x" * (limits.MAX_NOTE + 1)
+    response = send(api, "post", f"/api/schedules/{task.pk}/pause/", {"note": long_note})
+    assert response.status_code == 400 and str(limits.MAX_NOTE) in " ".join(response.json()["note"]), response.json()
+    response = admin.post(f"{SCHEDULES}{task.pk}/do/pause/", {"note": long_note}, follow=True)
+    assert f"at most {limits.MAX_NOTE}" in response.content.decode().replace(",", ""), "the admin names the limit"
+    assert counts() == before
+    assert PeriodicTask.objects.get(pk=task.pk).enabled
+    response = send(api, "post", f"/api/schedules/{task.pk}/pause/", {"note": "x" * limits.MAX_NOTE})
+    assert response.status_code == 200 and not PeriodicTask.objects.get(pk=task.pk).enabled  # the limit itself is allowed
