@@ -2,7 +2,7 @@
 django-celery-beat's stock `DatabaseScheduler`, side by side, on PostgreSQL and Redis.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379/9 \\
-        python -m bench.beat [--sizes 10000 100000] [--skip-lateness]
+        python -m bench.beat [--sizes 10000 100000] [--skip-lateness] [--rules]
 
 (`--sizes` with no size runs the lateness part only.) Works in a database of its own
 (<name>_beatkeeper_bench) and in the Redis database of REDIS_URL (default DB 9), whose
@@ -36,6 +36,9 @@ Each contender runs each part in a fresh process (peak RSS is ru_maxrss):
   slot: ours stamps it (`scheduled_for`); stock stamps none and sets last_run_at to the
   moment it sends, so its slot is its previous publish + 10 s (the first: last_run_at as
   loaded + 10 s). Only slots inside the window count.
+`--rules` runs ours a second time with a third of the schedules under rules (`add_rules`:
+jitter, H crontabs, business calendars skipping or moving) and prints it beside ours
+without them (target: within 10 %).
 Absolute times drift on a shared machine: read the ours/stock ratios.
 """
 
@@ -58,6 +61,7 @@ from bench.common import ROOT, median, setup_django
 STOCK_PATH = "django_celery_beat.schedulers:DatabaseScheduler"
 OURS_PATH = "scheduler_app.beat:Scheduler"
 CONTENDERS = ("stock", "ours")
+RULED = "ours+rules"  # ours again, a third of the schedules with jitter, H or a calendar (`--rules`)
 LATENESS_INTERVAL_ID = 202  # interval rows 201 (600 s, dispatch) and 202 (10 s, lateness) are the SQL's
 DISPATCH_DUE = 2000
 LATENESS_SIZE, LATENESS_EVERY = 10_000, 20  # every 20th schedule (500) runs every 10 s
@@ -163,16 +167,86 @@ def execute(sql: str, params: dict[str, Any] | None = None) -> None:
         cursor.execute(sql, params)
 
 
-def populate(size: int) -> None:
-    """The mix of the module docstring: `size` enabled schedules, none due for 15 minutes."""
+def populate(size: int, ruled: bool = False) -> None:
+    """The mix of the module docstring: `size` enabled schedules, none due for 15 minutes
+    (`ruled`: a third of them with rules, `add_rules`)."""
     execute(RESET_SQL)
     execute(INTERVALS_SQL)
     execute(CRONTABS_SQL, {"minute": dt.datetime.now(dt.UTC).minute})
     execute(TASKS_SQL, {"size": size})
     for table, top in {**SEQUENCES, "django_celery_beat_periodictask": size}.items():
         execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), {top})")  # noqa: S608
+    if ruled:
+        add_rules(size)
     execute(CHANGED_SQL)
     execute("ANALYZE django_celery_beat_periodictask")
+
+
+H_CRONTABS = 20  # crontab rows with H (ids 501-520)
+
+
+def add_rules(size: int) -> None:
+    """A third of the schedules (ids above 10: the reload edits 1-5) get rules, a third each:
+    jitter (60-600 s), a crontab with H (minute `H(a-b)` 25-54 minutes ahead, hours `*`,
+    `H(9-17)`, `H/2`, some Monday to Friday), or business calendars (DE-BY holidays with
+    exclusion ranges; Monday to Friday in Berlin; 07:00-20:00 in New York), half skip, half
+    move. Nothing comes due sooner than before (`due_rules` for the dispatch phase)."""
+    from django_celery_beat.models import CrontabSchedule
+
+    from scheduler_app.models import BusinessCalendar, CalendarExclusion, SchedulePolicy
+
+    execute("TRUNCATE scheduler_app_businesscalendar RESTART IDENTITY CASCADE")
+    minute = dt.datetime.now(dt.UTC).minute
+    low, high = (minute + 25) % 60, (minute + 54) % 60
+    field = f"H({low}-{high})" if low <= high else f"H({low}-59),H(0-{high})"
+    for n in range(H_CRONTABS):
+        CrontabSchedule.objects.create(
+            id=501 + n, minute=field, hour=("*", "H(9-17)", "H/2", "*")[n % 4],
+            day_of_week="1-5" if n % 5 == 0 else "*",
+            timezone=("UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo")[n % 4],
+        )  # fmt: skip
+    execute(f"SELECT setval(pg_get_serial_sequence('django_celery_beat_crontabschedule', 'id'), {500 + H_CRONTABS})")
+    holidays = BusinessCalendar.objects.create(name="Bench DE-BY", timezone="Europe/Berlin", holiday_country="DE",
+                                               holiday_subdivision="BY")  # fmt: skip
+    today = dt.datetime.now(dt.UTC).date()
+    CalendarExclusion.objects.bulk_create(
+        CalendarExclusion(calendar=holidays, first_day=today + dt.timedelta(days=40 + 9 * n),
+                          last_day=today + dt.timedelta(days=42 + 9 * n), label=f"freeze {n}") for n in range(20)
+    )  # fmt: skip
+    weekdays = BusinessCalendar.objects.create(name="Bench weekdays", timezone="Europe/Berlin",
+                                               weekdays="mon,tue,wed,thu,fri")  # fmt: skip
+    hours = BusinessCalendar.objects.create(name="Bench hours", timezone="America/New_York",
+                                            day_starts=dt.time(7), day_ends=dt.time(20))  # fmt: skip
+    ruled = [pk for pk in range(11, size + 1) if pk % 3 == 0]
+    execute(
+        "UPDATE django_celery_beat_periodictask SET crontab_id = 501 + id %% %(h)s, interval_id = NULL "
+        "WHERE id > 10 AND id %% 9 = 3",
+        {"h": H_CRONTABS},
+    )
+    SchedulePolicy.objects.bulk_create(
+        (SchedulePolicy(periodic_task_id=pk, jitter=60 + pk % 541 if pk % 9 == 0 else None,
+                        calendar_rule=("skip", "move")[pk % 2] if pk % 9 == 6 else "") for pk in ruled),
+        batch_size=5000,
+    )  # fmt: skip
+    links = SchedulePolicy.calendars.through
+    chosen = [(pk, calendar.pk) for pk in ruled if pk % 9 == 6
+              for calendar in ((holidays,), (holidays, weekdays), (hours,))[pk % 3]]  # fmt: skip
+    links.objects.bulk_create(
+        (links(schedulepolicy_id=pk, businesscalendar_id=calendar) for pk, calendar in chosen), batch_size=5000
+    )
+    execute("TRUNCATE scheduler_app_schedulechange")  # written by the signals: not edits beat must read
+
+
+def due_rules(step: int) -> None:
+    """The dispatch phase's due rows keep their calendars that allow now (the holidays one)
+    and no jitter: they are due at once, as the rows without rules."""
+    execute("UPDATE scheduler_app_schedulepolicy SET jitter = NULL WHERE periodic_task_id %% %(step)s = 0",
+            {"step": step})  # fmt: skip
+    execute(
+        "DELETE FROM scheduler_app_schedulepolicy_calendars WHERE schedulepolicy_id %% %(step)s = 0 "
+        "AND businesscalendar_id <> (SELECT id FROM scheduler_app_businesscalendar WHERE name = 'Bench DE-BY')",
+        {"step": step},
+    )
 
 
 def redis_client() -> Any:
@@ -207,7 +281,7 @@ def queued_messages() -> list[dict[str, Any]]:
 def scheduler_class(name: str) -> type[Any]:
     from celery.utils.imports import symbol_by_name
 
-    found: type[Any] = symbol_by_name(STOCK_PATH if name == "stock" else OURS_PATH)
+    found: type[Any] = symbol_by_name(STOCK_PATH if name == "stock" else OURS_PATH)  # RULED: ours
     return found
 
 
@@ -250,7 +324,7 @@ def start_up(name: str) -> tuple[Any, dict[str, Any]]:
     """Construction until the first tick has returned."""
     scheduler, figures = construct(name)
     figures["startup_s"] = figures["construct_s"] + timed(scheduler.tick)
-    if name == "ours":
+    if name != "stock":
         assert scheduler.lease.is_leader, "ours did not take the lease in its first tick"
     return scheduler, figures
 
@@ -347,6 +421,8 @@ def measure_main(name: str) -> dict[str, Any]:
 
 def measure_dispatch(name: str, size: int, due: int, budget: float) -> dict[str, Any]:
     execute(DUE_SQL, {"step": size // due})  # before start-up, without signals: both load it
+    if name == RULED:
+        due_rules(size // due)
     published = publish_counter()
     scheduler, figures = construct(name)
     started = time.perf_counter()
@@ -391,11 +467,11 @@ def run_child(env: dict[str, str], name: str, phase: str, size: int, budget: flo
     return figures
 
 
-def measure_size(env: dict[str, str], size: int, budget: float) -> dict[str, dict[str, Any]]:
+def measure_size(env: dict[str, str], size: int, budget: float, ruled: bool = False) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for phase in ("main", "dispatch"):
-        for name in CONTENDERS:
-            populate(size)
+        for name in (*CONTENDERS, RULED) if ruled else CONTENDERS:
+            populate(size, ruled=name == RULED)
             clear_redis()
             figures = run_child(env, name, phase, size, budget)
             clear_redis()
@@ -415,7 +491,20 @@ def fmt(value: float | None) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+def print_rules_table(size: int, results: dict[str, dict[str, Any]]) -> None:
+    """Ours with a third of the schedules under rules against ours without (target: within 10 %)."""
+    plain, ruled = results["ours"], results[RULED]
+    print(f"\nN = {size:,}, a third with jitter, H or calendars   (ratio = with rules/without; target within 10 %)")
+    print(f"{'':<30}{'ours':>12}{'+rules':>12}{'ratio':>9}")
+    for label, key in ROWS:
+        before, after = plain.get(key), ruled.get(key)
+        ratio = f"{after / before:.3f}" if before and after is not None else "-"
+        print(f"{label:<30}{fmt(before):>12}{fmt(after):>12}{ratio:>9}")
+
+
 def print_table(size: int, results: dict[str, dict[str, Any]]) -> None:
+    if RULED in results:
+        print_rules_table(size, results)
     print(f"\nN = {size:,}   (ratio = ours/stock)")
     print(f"{'':<30}{'stock':>12}{'ours':>12}{'ratio':>9}   target")
     for label, stock, ours in table_rows(results):
@@ -552,7 +641,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--skip-lateness", action="store_true")
     parser.add_argument("--budget", type=float, default=90.0, help="seconds stock may spend dispatching")
-    parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--rules", action="store_true", help="also ours with a third of the schedules under rules")
+    parser.add_argument("--contender", choices=(*CONTENDERS, RULED), help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=["main", "dispatch"], help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -571,7 +661,7 @@ def main() -> None:
     if connection.vendor != "postgresql":
         raise SystemExit("this benchmark measures PostgreSQL: set DATABASE_URL=postgres://...")
     print(f"database: {settings.DATABASES['default']['NAME']}, redis: {settings.REDIS_URL}", flush=True)
-    tables = {size: measure_size(env, size, args.budget) for size in args.sizes}
+    tables = {size: measure_size(env, size, args.budget, args.rules) for size in args.sizes}
     lateness = {} if args.skip_lateness else {name: measure_lateness(env, name) for name in CONTENDERS}
     for size, results in tables.items():
         print_table(size, results)

@@ -90,7 +90,9 @@ def policy_fields(task: PeriodicTask) -> dict[str, Any]:
     if policy is None:
         return {}
     fields = {key: _plain(getattr(policy, key)) for key in POLICY_AUDITED}
-    return {**fields, "owner": policy.owner.get_username() if policy.owner else None}
+    calendars = sorted(policy.calendars.values_list("name", flat=True)) if policy.pk else []
+    return {**fields, "owner": policy.owner.get_username() if policy.owner else None, "jitter": policy.jitter,
+            "calendars": calendars, "calendar_rule": policy.calendar_rule}  # fmt: skip
 
 
 def _loaded(text: str | None) -> Any:

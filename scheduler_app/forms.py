@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import zoneinfo
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, cast
 
@@ -22,7 +24,8 @@ from django_celery_beat import validators
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
 from scheduler_app import limits, schedules, services, signatures
-from scheduler_app.beat import slots
+from scheduler_app.beat import calendars, hashing, rules, slots
+from scheduler_app.models import MAX_JITTER_SECONDS, WEEKDAYS, BusinessCalendar, CalendarExclusion, SchedulePolicy
 
 KINDS = [("crontab", "crontab"), ("interval", "interval"), ("clocked", "one-off (at a moment)"), ("solar", "solar")]
 CRON_FIELDS = {
@@ -39,11 +42,14 @@ KIND_FIELDS = {
     "solar": ("solar_event", "latitude", "longitude"),
 }
 PREVIEW_COUNT = 5
+HASH_ALLOWED = "H, H(a-b), H/n or H(a-b)/n (a value chosen by a hash of the schedule's name)"
 
 if TYPE_CHECKING:  # Django's classes take no type arguments at run time (no django_stubs_ext.monkeypatch)
     PeriodicTaskForm = forms.ModelForm[PeriodicTask]
+    CalendarModelForm = forms.ModelForm[BusinessCalendar]
+    ExclusionModelForm = forms.ModelForm[CalendarExclusion]
 else:
-    PeriodicTaskForm = forms.ModelForm
+    PeriodicTaskForm = CalendarModelForm = ExclusionModelForm = forms.ModelForm
 
 
 @cache
@@ -193,12 +199,17 @@ class ScheduleForm(PeriodicTaskForm):
 
     def _crontab(self, data: dict[str, Any]) -> CrontabSchedule | None:
         values, valid = {}, True
+        named = str(data.get("name") or "")
         for name, (validate, allowed, example) in CRON_FIELDS.items():
             values[name] = (data.get(name) or "").strip() or "*"
             try:
-                validate(values[name])
+                validate(resolved_field(values[name], named, name))  # H items: the rest checked as stock
+            except hashing.HashSyntaxError as exc:
+                self.add_error(name, f"{str(exc)[0].upper()}{str(exc)[1:]}. Allowed: {allowed}, or {HASH_ALLOWED}.")
+                valid = False
             except ValidationError as exc:
-                self.add_error(name, f"{' '.join(exc.messages).rstrip('.')}. Allowed: {allowed}, e.g. {example}.")
+                self.add_error(name, f"{' '.join(exc.messages).rstrip('.')}. Allowed: {allowed}, e.g. {example}, "
+                                     f"or {HASH_ALLOWED}.")  # fmt: skip
                 valid = False
         zone = (data.get("cron_timezone") or "").strip() or "UTC"
         if zone not in zoneinfo.available_timezones():
@@ -208,7 +219,7 @@ class ScheduleForm(PeriodicTaskForm):
             return None
         row = CrontabSchedule(timezone=zone, **values)
         try:
-            slots.Cron(slots.cron_expression(row), zone)
+            slots.Cron(hashing.resolve(slots.cron_expression(row), named), zone)
         except slots.InvalidSchedule as exc:
             self.add_error("day_of_month", f"{exc}: these days never occur together; check day of month and month.")
             return None
@@ -262,14 +273,22 @@ class ScheduleForm(PeriodicTaskForm):
         return task
 
     # --- preview -------------------------------------------------------------------------
-    def preview(self, now: dt.datetime | None = None, editing: PeriodicTask | None = None) -> dict[str, Any]:
-        """The next runs of the schedule as the form stands, in its zone and UTC: what beat
-        will send once it is saved (`schedules.next_runs`, as every preview), from the last
-        run and with the catch-up policy of the schedule being edited, if any."""
+    def preview(self, now: dt.datetime | None = None, editing: PeriodicTask | None = None,
+                given: Rules | None = None) -> dict[str, Any]:  # fmt: skip
+        """The next slots of the schedule as the form stands, in its zone and UTC, with what
+        becomes of each (`schedules.explain`, as every preview): the moment beat sends it
+        (its jitter in), the slot where that differs, and the calendar's skipped and moved
+        slots. From the last run and with the catch-up policy of the schedule being edited,
+        if any; `given`: the rules as the page or the request has them (default: the edited
+        schedule's saved ones)."""
         now = now or timezone.now()
-        table = slots.timetable(self.schedule_row)
+        name = str(self.cleaned_data.get("name") or (editing.name if editing else ""))
+        if given is None:
+            given = rules_of(getattr(editing, "policy", None) if editing is not None else None)
+        table = table_with(self.schedule_row, name, given)
         task = PeriodicTask(
             pk=editing.pk if editing else None,  # its policy, read as beat reads it
+            name=name,
             task=self.cleaned_data.get("task") or "",
             enabled=True,  # a preview of when it runs, whether or not it is enabled now (saved so, it runs)
             one_off=bool(self.cleaned_data.get("one_off")) or self.cleaned_data.get("kind") == "clocked",
@@ -278,8 +297,213 @@ class ScheduleForm(PeriodicTaskForm):
             last_run_at=editing.last_run_at if editing else None,
             date_changed=now,  # saving it now
         )
-        times = [run.at for run in schedules.next_runs(task, PREVIEW_COUNT, now, table) if run.at]
-        return {"zone": table.zone, "runs": slots.describe_offsets(times, table.zone)}
+        verdicts = schedules.explain(task, PREVIEW_COUNT, now, table)
+        return {
+            "zone": table.zone,
+            "runs": preview_rows(verdicts, table.zone),
+            "hashed": hashed_words(self.schedule_row, name),
+        }
+
+
+# --- a schedule's own rules (H, jitter, calendars) at every door -----------------------------
+
+
+@dataclass(frozen=True)
+class Rules:
+    """A schedule's own rules as a form or a request has them, before they are saved."""
+
+    jitter: int | None = None
+    calendars: tuple[BusinessCalendar, ...] = ()
+    rule: str = ""
+
+
+def rules_of(policy: SchedulePolicy | None) -> Rules:
+    if policy is None or policy.pk is None:
+        return Rules()
+    return Rules(policy.jitter, tuple(policy.calendars.all()), policy.calendar_rule)
+
+
+def resolved_field(text: str, name: str, field: str) -> str:
+    """A crontab field with its H items resolved for the schedule `name` (HashSyntaxError
+    says what is wrong); a field without H as it is."""
+    return hashing.resolve_field(text, name, hashing.FIELD_INDEX[field]) if hashing.field_has_hash(text) else text
+
+
+def table_with(row: slots.ScheduleRow | None, name: str, given: Rules) -> slots.Timetable:
+    """The timetable beat will read for a schedule named `name` on `row` with these rules."""
+    if row is None:
+        raise ValueError("the form has no valid schedule")
+    found = schedules.calendars_of(list(given.calendars)) if given.calendars else None
+    return rules.for_schedule(slots.timetable(row), name, jitter=float(given.jitter or 0), calendars=found,
+                              move=given.rule == "move")  # fmt: skip
+
+
+def jitter_problem(jitter: int | None, row: slots.ScheduleRow | None, name: str,
+                   now: dt.datetime | None = None) -> str | None:  # fmt: skip
+    """Why this jitter is refused for this schedule, or None. One wording for the admin and
+    the API: at most MAX_JITTER_SECONDS, and less than the shortest time between two of
+    the schedule's slots (else a slot could be sent after the next one)."""
+    if not jitter:
+        return None
+    if jitter > MAX_JITTER_SECONDS:
+        return f"Jitter is at most {MAX_JITTER_SECONDS} seconds (a day), not {jitter}."
+    if row is None:
+        return None  # no valid schedule: its own fields say what is wrong
+    try:
+        gap = rules.min_gap(table_with(row, name, Rules()), now or timezone.now())
+    except (slots.InvalidSchedule, ValueError, OverflowError):
+        return None
+    if gap is not None and jitter >= gap:
+        most = max(0, math.ceil(gap) - 1)
+        return (f"Jitter must be less than the shortest time between two slots of this schedule ({gap:g} s), "
+                f"or a slot could be sent after the next one: give at most {most} seconds.")  # fmt: skip
+    return None
+
+
+def calendars_problem(given: Rules, now: dt.datetime | None = None) -> str | None:
+    """Several calendars that together allow no time would leave the schedule never running."""
+    if len(given.calendars) < 2:  # noqa: PLR2004  (one calendar was checked when it was saved)
+        return None
+    try:
+        schedules.calendars_of(list(given.calendars)).next_allowed(now or timezone.now())
+    except calendars.NothingAllowed as exc:
+        return f"{exc}: the schedule would never run. Attach fewer calendars, or widen one."
+    return None
+
+
+def policy_problems(row: slots.ScheduleRow | None, name: str, given: Rules) -> dict[str, str]:
+    """The policy's rules that a schedule refuses, by field (`jitter`, `calendars`)."""
+    problems = {"jitter": jitter_problem(given.jitter, row, name), "calendars": calendars_problem(given)}
+    return {field: problem for field, problem in problems.items() if problem}
+
+
+def hashed_words(row: slots.ScheduleRow | None, name: str) -> str:
+    """The H values in words ("minute 37 chosen by hash of the name"), or "" without H."""
+    if not isinstance(row, CrontabSchedule):
+        return ""
+    expression = slots.cron_expression(row)
+    try:
+        return hashing.chosen_by_hash(expression, name) if hashing.has_hash(expression) else ""
+    except hashing.HashSyntaxError as exc:
+        return f"invalid H: {exc}"
+
+
+def preview_rows(verdicts: list[rules.Verdict], zone: str) -> list[dict[str, Any]]:
+    """The preview's rows (admin, API, list_schedules): each slot's send moment in the zone
+    and UTC (a skipped slot: the slot itself), the nominal slot where it differs, and the
+    note (jitter +37s; skipped: Christmas Day, DE; moved: ...)."""
+    marks = slots.describe_offsets([verdict.at or verdict.slot for verdict in verdicts], zone)
+    rows = []
+    for verdict, mark in zip(verdicts, marks, strict=True):
+        moved = verdict.at is not None and verdict.at != verdict.slot
+        slot = slots.describe_offsets([verdict.slot], zone)[0] if moved else None
+        rows.append({**mark, "skipped": verdict.at is None, "note": verdict.note,
+                     "slot_local": slot and slot["local"], "slot_utc": slot and slot["utc"]})  # fmt: skip
+    return rows
+
+
+# --- business calendars ------------------------------------------------------------------------
+
+
+class CalendarForm(CalendarModelForm):
+    """A business calendar, shared by the admin and the API: a known zone, known weekdays
+    (stored as `mon,tue,...`), a day that ends after it starts, a country and region the
+    `holidays` package knows. Its dates are checked with it (`calendar_problem`)."""
+
+    class Meta:
+        model = BusinessCalendar
+        fields = ["name", "description", "timezone", "weekdays", "day_starts", "day_ends", "holiday_country",
+                  "holiday_subdivision"]  # fmt: skip
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "timezone" in self.fields:  # not on a page that only shows the calendar
+            self.fields["timezone"].widget.attrs["list"] = "beatkeeper-zones"
+
+    def clean_timezone(self) -> str:
+        zone = (self.cleaned_data.get("timezone") or "").strip() or "UTC"
+        if zone not in zoneinfo.available_timezones():
+            raise ValidationError(f"Unknown time zone {zone!r}; use an IANA name such as Europe/Berlin.")
+        return zone
+
+    def clean_weekdays(self) -> str:
+        try:
+            days = calendars.weekdays_of(self.cleaned_data.get("weekdays") or "")
+        except ValueError as exc:
+            raise ValidationError(f"{str(exc)[0].upper()}{str(exc)[1:]}, comma-separated; empty: every day.") from None
+        return ",".join(WEEKDAYS[day] for day in sorted(days))
+
+    def clean_holiday_country(self) -> str:
+        return (self.cleaned_data.get("holiday_country") or "").strip().upper()
+
+    def clean_holiday_subdivision(self) -> str:
+        return (self.cleaned_data.get("holiday_subdivision") or "").strip().upper()
+
+    def clean(self) -> dict[str, Any]:
+        data = cast(dict[str, Any], super().clean())
+        starts, ends = data.get("day_starts"), data.get("day_ends")
+        if starts is not None and ends is not None and starts >= ends:
+            self.add_error("day_ends", f"The day must end after it starts ({starts:%H:%M}); give a later time, "
+                                       "or none (allowed until midnight).")  # fmt: skip
+        country, region = data.get("holiday_country") or "", data.get("holiday_subdivision") or ""
+        if region and not country:
+            self.add_error("holiday_subdivision", "A region needs its country: give the holiday country too.")
+        for field, args in (("holiday_country", (country, "")), ("holiday_subdivision", (country, region))):
+            if country and field not in self.errors:
+                try:
+                    calendars.check_holidays(*args)
+                except ValueError as exc:
+                    self.add_error(field, f"{str(exc)[0].upper()}{str(exc)[1:]}.")
+                    break
+        return data
+
+
+class ExclusionForm(ExclusionModelForm):
+    """An excluded date or range of a calendar (its model says a range ends on or after it starts)."""
+
+    class Meta:
+        model = CalendarExclusion
+        fields = ["first_day", "last_day", "label"]
+
+
+def calendar_problem(row: BusinessCalendar, exclusions: list[CalendarExclusion],
+                     now: dt.datetime | None = None) -> str | None:  # fmt: skip
+    """A calendar (as its form left it, with these dates) that allows no time at all is refused."""
+    try:
+        calendars.from_row(row, exclusions).next_allowed(now or timezone.now())
+    except calendars.NothingAllowed:
+        return (f"This calendar allows no time in the next {calendars.MAX_DAYS} days: its days, hours and dates "
+                "exclude everything, so a schedule on it would never run. Allow some time.")  # fmt: skip
+    except (ValueError, KeyError, zoneinfo.ZoneInfoNotFoundError):
+        return None  # a field of its own is wrong, and says so
+    return None
+
+
+def calendar_fields(row: BusinessCalendar) -> dict[str, Any]:
+    """A calendar as the audit trail keeps it (both doors): its fields and its dates."""
+    stored = BusinessCalendar.objects.prefetch_related("exclusions").get(pk=row.pk)
+    data: dict[str, Any] = {field: getattr(stored, field) for field in CalendarForm.Meta.fields}
+    for field in ("day_starts", "day_ends"):
+        data[field] = data[field].isoformat() if data[field] else None
+    data["exclusions"] = [{"first_day": x.first_day.isoformat(), "last_day": x.last_day.isoformat() if x.last_day
+                           else None, "label": x.label} for x in stored.exclusions.all()]  # fmt: skip
+    return data
+
+
+def upcoming_exclusions(row: BusinessCalendar, today: dt.date, days: int = 60) -> list[tuple[dt.date, str]]:
+    """The dates and public holidays the calendar excludes in the next `days` days (its
+    excluded weekdays and hours are said once, not listed day by day)."""
+    found = calendars.from_row(row)
+    listed = []
+    for offset in range(days):
+        day = today + dt.timedelta(days=offset)
+        named = [f"{item.label or 'excluded date'}" for item in found.excluded if item.first <= day <= item.last]
+        holiday = found.public_holidays.get(day) if found.public_holidays is not None else None
+        if holiday:
+            named.append(f"{holiday} ({found.country}{'-' + found.subdivision if found.subdivision else ''})")
+        if named:
+            listed.append((day, "; ".join(named)))
+    return listed
 
 
 def json_text(field: str, raw: str | None, shape: type, expected: str, empty: str,

@@ -250,6 +250,9 @@ class BackfillSlot(models.Model):
 
     backfill = models.ForeignKey(Backfill, on_delete=models.CASCADE, related_name="slots")
     slot = models.DateTimeField()
+    at = models.DateTimeField(
+        null=True, blank=True, help_text="The moment it is sent for (`scheduled_for`), as the confirmation showed it."
+    )
     position = models.PositiveIntegerField(help_text="The order in which it is sent.")
     state = models.CharField(max_length=10, choices=[(s, s) for s in STATES], default=WAITING)
     task_id = models.CharField(max_length=255, blank=True, db_index=True)

@@ -149,10 +149,16 @@ def calendars_of(rows: list[BusinessCalendar]) -> calendars.Calendars:
     return calendars.Calendars(tuple(found))
 
 
+EXPLAIN_WALK = 50  # slots looked at per run previewed (a weekend of hourly slots is 48)
+EXPLAIN_KEPT = 3  # of a longer stretch of skipped or moved slots: the first ones, a summary, the last
+
+
 def explain(task: PeriodicTask, count: int, now: dt.datetime | None = None,
             table: slots.Timetable | None = None) -> list[rules.Verdict]:  # fmt: skip
-    """The next `count` slots of the schedule with what becomes of each (sent at, jitter,
-    skipped or moved by a calendar), the skipped ones too: the preview's rows."""
+    """The next `count` runs of the schedule with what becomes of each slot (sent at, jitter,
+    skipped or moved by a calendar), the skipped and moved slots before and between them
+    too: the preview's rows. A long stretch of them is shortened to its first slots, a
+    summary row and its last slot."""
     now = now or timezone.now()
     table = table or table_of(task)
     runs = next_runs(task, count, now, table)
@@ -160,9 +166,35 @@ def explain(task: PeriodicTask, count: int, now: dt.datetime | None = None,
         return [rules.Verdict(run.slot or run.at, run.at, run.note) for run in runs if run.at]
     first = runs[0].slot or runs[0].at
     assert first is not None  # noqa: S101  (a run has its moment)
-    start = first - dt.timedelta(microseconds=1)
-    return [verdict if verdict.slot != first else rules.Verdict(first, runs[0].at, verdict.note)
-            for verdict in table.explain(start, count)]  # fmt: skip
+    nominal = slots.first_slot(table.base, last_run_at=task.last_run_at, start_time=task.start_time,
+                               created=task.date_changed)  # fmt: skip
+    start = min(first, max(nominal or first, now))  # the slots a calendar takes before the first run, too
+    rows: list[rules.Verdict] = []
+    for verdict in table.explain(start - dt.timedelta(microseconds=1), EXPLAIN_WALK * count):
+        rows.append(rules.Verdict(first, runs[0].at, verdict.note) if verdict.slot == first else verdict)
+        if sum(row.runs for row in rows) >= count:
+            break
+    return shortened(rows)
+
+
+def shortened(rows: list[rules.Verdict]) -> list[rules.Verdict]:
+    """Each stretch of more than EXPLAIN_KEPT + 1 slots without a run of their own as its
+    first EXPLAIN_KEPT - 1, a summary row and its last."""
+    out: list[rules.Verdict] = []
+    stretch: list[rules.Verdict] = []
+    for row in [*rows, None]:
+        if row is not None and not row.runs:
+            stretch.append(row)
+            continue
+        if len(stretch) > EXPLAIN_KEPT + 1:
+            hidden = stretch[EXPLAIN_KEPT - 1 : -1]
+            summary = f"… {len(hidden)} more slots skipped or moved, to {hidden[-1].slot:%Y-%m-%d %H:%M} UTC"
+            stretch = [*stretch[: EXPLAIN_KEPT - 1], rules.Verdict(hidden[0].slot, None, summary), stretch[-1]]
+        out += stretch
+        stretch = []
+        if row is not None:
+            out.append(row)
+    return out
 
 
 def slots_between(task: PeriodicTask, start: dt.datetime, end: dt.datetime, limit: int,
@@ -172,11 +204,22 @@ def slots_between(task: PeriodicTask, start: dt.datetime, end: dt.datetime, limi
     `limit` + 1 of them, so a caller can tell that a range holds more than `limit`."""
     table = table or table_of(task)
     found: list[tuple[dt.datetime, dt.datetime]] = []
-    slot = table.slot_after(start - dt.timedelta(microseconds=1))
+    slot = first_from(task, table, start)
     while slot is not None and slot <= end and len(found) <= limit:
         found.append((slot, rules.send_at(table, slot)))
         slot = table.slot_after(slot)
     return found
+
+
+def first_from(task: PeriodicTask, table: slots.Timetable, moment: dt.datetime) -> dt.datetime | None:
+    """The schedule's first slot at or after `moment`, on beat's grid: an interval's from its
+    last run, else from its start time or its last change (beat's phase), never from `moment`."""
+    before = moment - dt.timedelta(microseconds=1)
+    grid = getattr(table, "base", table)
+    if not isinstance(grid, slots.Interval):
+        return table.slot_after(before)
+    first = grid.on_grid_after(task.last_run_at or task.start_time or task.date_changed, before)
+    return first if grid is table else table.admit(first)  # type: ignore[attr-defined]  # rules.Ruled
 
 
 def catch_up_of(task: PeriodicTask) -> str:
@@ -216,6 +259,7 @@ def upcoming(
     schedule: a schedule due every minute is neither left out nor fills the list alone."""
     tasks = PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "solar", "clocked",
                                                                      "policy")  # fmt: skip
+    tasks = tasks.prefetch_related("policy__calendars__exclusions")  # their rules, read as beat reads them
     found: list[tuple[PeriodicTask, NextRun]] = []
     for task in tasks.order_by("pk")[:UPCOMING_SCHEDULES]:
         try:

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import redis
-from celery import shared_task
+from celery import current_task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from scheduler_app.catalog import (
@@ -90,8 +90,11 @@ def needs_db(key: str) -> dict[str, Any]:
 @platform_task(name="tests.record_slowly")
 def record_slowly(key: str, label: str, seconds: float = 0.1) -> dict[str, Any]:
     """`tests.record` with work in between: the label goes to `<key>:began` when the body
-    starts and to `<key>:order` when it is about to return."""
+    starts and to `<key>:order` when it is about to return. The moment the run stands for,
+    as a task reads it (README, *What a task reads to know its slot*), goes to `<key>:for`."""
     client = redis_client()
+    meta = getattr(current_task.request, "meta", None) or {}  # the run context (celery-types lacks `meta`)
+    client.rpush(f"{key}:for", str(meta.get("scheduled_for")))
     client.rpush(f"{key}:began", label)
     time.sleep(seconds)
     client.rpush(f"{key}:order", label)

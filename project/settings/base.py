@@ -191,6 +191,9 @@ BEAT_CATCH_UP_GRACE_SECONDS = env.number("BEAT_CATCH_UP_GRACE_SECONDS", 60, mini
 BEAT_LEASE_SECONDS = env.number("BEAT_LEASE_SECONDS", 10, minimum=2)
 # How often beat renews the lease, reads the change log and writes last_run_at.
 BEAT_CHECK_SECONDS = env.number("BEAT_CHECK_SECONDS", 1, minimum=0.1)
+# A backfill (manage.py backfill, the admin, POST /api/schedules/{id}/backfill/) of more
+# slots than this is refused, saying how many the range holds (scheduler_app/backfills.py).
+BACKFILL_MAX_SLOTS = env.integer("BACKFILL_MAX_SLOTS", 1000, minimum=1)
 # Retention is cleanup_old_runs' job (keep-last-N per schedule); Celery's own nightly
 # backend_cleanup would delete every run older than a day.
 CELERY_RESULT_EXPIRES = None

@@ -13,7 +13,10 @@ from django_celery_results.models import GroupResult, TaskResult
 from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
-from scheduler_app.admin import audit  # noqa: F401  (registers the audit log)
+from scheduler_app.admin import (
+    audit,  # noqa: F401  (registers the audit log)
+    calendars,  # noqa: F401  (registers the business calendars)
+)
 from scheduler_app.admin.runs import RunAdmin
 from scheduler_app.admin.schedules import ScheduleAdmin
 from scheduler_app.models import Run

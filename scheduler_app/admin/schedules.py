@@ -24,20 +24,23 @@ from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
 from scheduler_app import audit, limits, schedules, selectors, services
+from scheduler_app import forms as shared
 from scheduler_app.admin import display
 from scheduler_app.admin.audit import Audited
 from scheduler_app.admin.forms import AdminScheduleForm, ScheduleActionForm, zone_choices
 from scheduler_app.admin.insights import attach_timelines, schedule_timeline
 from scheduler_app.beat import slots
-from scheduler_app.models import ScheduleHealth, SchedulePolicy
+from scheduler_app.models import BusinessCalendar, ScheduleHealth, SchedulePolicy
 from scheduler_app.monitoring import alerts
 from scheduler_app.runs.policy import task_policy
 
 if TYPE_CHECKING:  # Django's classes take no type arguments at run time (no django_stubs_ext.monkeypatch)
+    PolicyModelForm = forms.ModelForm[SchedulePolicy]
     PolicyFormSetBase = BaseInlineFormSet[SchedulePolicy, PeriodicTask, forms.ModelForm[SchedulePolicy]]
     PolicyInlineBase = admin.StackedInline[SchedulePolicy, PeriodicTask]
     ScheduleModelAdmin = admin.ModelAdmin[PeriodicTask]
 else:
+    PolicyModelForm = forms.ModelForm
     PolicyFormSetBase = BaseInlineFormSet
     PolicyInlineBase = admin.StackedInline
     ScheduleModelAdmin = admin.ModelAdmin
@@ -47,11 +50,41 @@ class PolicyFormSet(PolicyFormSetBase):
     def _construct_form(self, i: int, **kwargs: Any) -> Any:
         form = super()._construct_form(i, **kwargs)  # type: ignore[misc]  # django-stubs omit this private method
         form.instance.task_for_checks = self.instance.task  # a new schedule's policy is checked against its task
+        form.schedule = self.instance  # the schedule as its form left it: jitter and calendars are checked on it
         return form
+
+
+class PolicyForm(PolicyModelForm):
+    """The policy with the schedule's own rules: jitter and calendars checked against the
+    schedule as its form left it (`forms.policy_problems`, the API's words)."""
+
+    class Meta:
+        model = SchedulePolicy
+        fields = "__all__"
+        widgets = {"calendars": forms.CheckboxSelectMultiple}
+
+    def clean_jitter(self) -> int | None:
+        jitter: int | None = self.cleaned_data.get("jitter")
+        problem = shared.jitter_problem(jitter, None, "")  # the range; the gap is checked with the schedule
+        if problem:
+            raise forms.ValidationError(problem)
+        return jitter
+
+    def clean(self) -> dict[str, Any]:
+        data = cast(dict[str, Any], super().clean())
+        task: PeriodicTask | None = getattr(self, "schedule", None)  # set by PolicyFormSet
+        row = (task.clocked or task.interval or task.crontab or task.solar) if task is not None else None
+        if task is None or row is None or "jitter" in self.errors:
+            return data
+        given = shared.Rules(data.get("jitter"), tuple(data.get("calendars") or ()), data.get("calendar_rule") or "")
+        for field, problem in shared.policy_problems(row, task.name, given).items():
+            self.add_error(field, problem)
+        return data
 
 
 class PolicyInline(PolicyInlineBase):
     model = SchedulePolicy
+    form = PolicyForm
     formset = PolicyFormSet
     can_delete = False
     max_num = 1
@@ -59,7 +92,8 @@ class PolicyInline(PolicyInlineBase):
     verbose_name_plural = "policy and owner"
     autocomplete_fields = ["owner"]
     fields = ["owner", "overlap", "catch_up", "max_retries", "retry_backoff", "retry_backoff_max", "soft_time_limit",
-              "time_limit", "lock_ttl", "late_after", "alert_after_failures", "pause_after_failures"]  # fmt: skip
+              "time_limit", "lock_ttl", "late_after", "alert_after_failures", "pause_after_failures", "jitter",
+              "calendars", "calendar_rule"]  # fmt: skip
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -164,7 +198,7 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
     ordering = ["name"]
     actions = ["run_now", "pause", "resume", "duplicate"]
     readonly_fields = ["timeline", "pause_state", "last_runs", "incidents", "total_run_count", "last_run_at",
-                       "date_changed"]  # fmt: skip
+                       "date_changed", "calendar_rules"]  # fmt: skip
     change_form_template = "beatkeeper/schedule_change_form.html"
     fieldsets = [
         (None, {"fields": ["name", "task", "description", "enabled", "pause_state"]}),
@@ -181,6 +215,7 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
                     ("solar_event", "latitude", "longitude"),
                     "start_time",
                     "one_off",
+                    "calendar_rules",
                 ]
             },
         ),  # fmt: skip
@@ -270,6 +305,22 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
         if health is None:
             return "–"
         return format_html('<span class="bk-health bk-health-{}">{}</span>', health.state, health.state)
+
+    @admin.display(description="jitter and calendars")
+    def calendar_rules(self, task: PeriodicTask) -> str:
+        """The schedule's own rules as saved (edited below, under its policy): jitter, its
+        calendars (linked) and what becomes of a slot they exclude."""
+        policy = getattr(task, "policy", None) if task.pk else None
+        if policy is None:
+            return "none yet: set them under policy and owner below"
+        jitter = f"jitter up to {policy.jitter} s" if policy.jitter else "no jitter"
+        found = list(policy.calendars.all())
+        if not found:
+            return f"{jitter}; no calendar: every slot runs"
+        links = format_html_join(", ", '<a href="{}">{}</a>', (
+            (reverse("admin:scheduler_app_businesscalendar_change", args=[c.pk]), c.name) for c in found))  # fmt: skip
+        rule = "moved to the next allowed moment" if policy.calendar_rule == "move" else "skipped"
+        return format_html("{}; calendars {}: a slot in an excluded time is {}", jitter, links, rule)
 
     @admin.display(description="paused")
     def pause_state(self, task: PeriodicTask) -> str:
@@ -460,14 +511,20 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
         errors = {field: list(errors) for field, errors in form.errors.items() if field in SCHEDULE_FIELDS}
         if errors or form.schedule_row is None:
             return JsonResponse({"ok": False, "errors": errors})
+        editing = self.edited(request)
+        given, problems = posted_rules(request)
+        if given is None:  # no policy on the page: the schedule's saved rules
+            given = shared.rules_of(getattr(editing, "policy", None) if editing is not None else None)
+        name = str(form.cleaned_data.get("name") or "")
+        problems |= {field: [text] for field, text in shared.policy_problems(form.schedule_row, name, given).items()}
+        if problems:
+            return JsonResponse({"ok": False, "errors": problems})
         try:
-            preview = form.preview(editing=self.edited(request))
-        except (slots.InvalidSchedule, OverflowError) as exc:
+            preview = form.preview(editing=editing, given=given)
+        except (slots.InvalidSchedule, OverflowError, ValueError) as exc:
             return JsonResponse({"ok": False, "errors": {"__all__": [str(exc)]}})
-        runs = [{"local": r["local"].isoformat(), "utc": r["utc"].isoformat(), "dst_change": r["dst_change"],
-                 "shown_local": f"{r['local']:%Y-%m-%d %H:%M:%S %Z}", "shown_utc": f"{r['utc']:%Y-%m-%d %H:%M:%S} UTC"}
-                for r in preview["runs"]]  # fmt: skip
-        return JsonResponse({"ok": True, "zone": preview["zone"], "runs": runs})
+        runs = [shown_row(row) for row in preview["runs"]]
+        return JsonResponse({"ok": True, "zone": preview["zone"], "hashed": preview["hashed"], "runs": runs})
 
     def edited(self, request: HttpRequest) -> PeriodicTask | None:
         """The schedule whose page asks for the preview (`?object=<pk>`), if the user may see it."""
@@ -519,6 +576,34 @@ BUTTONS = {
 }
 
 
+POLICY_PREFIX = "policy-0-"  # the policy inline's fields, as the page posts them
+
+
+def posted_rules(request: HttpRequest) -> tuple[shared.Rules | None, dict[str, list[str]]]:
+    """The jitter, calendars and rule as the page's policy inline has them now (None: the page
+    has no inline; the schedule's saved rules apply), and what is wrong with them."""
+    query = request.GET
+    if f"{POLICY_PREFIX}calendar_rule" not in query and f"{POLICY_PREFIX}jitter" not in query:
+        return None, {}
+    raw = query.get(f"{POLICY_PREFIX}jitter", "").strip()
+    jitter = int(raw) if raw.isascii() and raw.isdecimal() and len(raw) < 10 else None  # noqa: PLR2004
+    problems = {} if jitter is not None or not raw else {"jitter": ["Give whole seconds, e.g. 60, or nothing."]}
+    pks = [int(pk) for pk in query.getlist(f"{POLICY_PREFIX}calendars") if pk.isascii() and pk.isdecimal()
+           and len(pk) < 10]  # fmt: skip  # noqa: PLR2004
+    found = tuple(BusinessCalendar.objects.filter(pk__in=pks).prefetch_related("exclusions"))
+    rule = query.get(f"{POLICY_PREFIX}calendar_rule", "")
+    return shared.Rules(jitter, found, rule if rule in ("skip", "move") else ""), problems
+
+
+def shown_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A preview row for the page's script: the send moment, the slot where it differs, the note."""
+    slot = row["slot_local"]
+    return {"local": row["local"].isoformat(), "utc": row["utc"].isoformat(), "dst_change": row["dst_change"],
+            "shown_local": f"{row['local']:%Y-%m-%d %H:%M:%S %Z}", "shown_utc": f"{row['utc']:%Y-%m-%d %H:%M:%S} UTC",
+            "skipped": row["skipped"], "note": row["note"],
+            "shown_slot": f"{slot:%Y-%m-%d %H:%M:%S %Z}" if slot else ""}  # fmt: skip
+
+
 def in_words(task: PeriodicTask) -> str:
     """`<name> (<schedule in words>)`, as the list says it."""
     return f"{task.name} ({schedules.shown_description(task)})"
@@ -540,3 +625,9 @@ def deliveries(incident: Any) -> str:
         ((channel, state.get("status", "?"), f" ({state['error']})" if state.get("error") else "")
          for channel, state in sorted((incident.deliveries or {}).items())),
     ) or "no channel configured"  # fmt: skip
+
+
+# --- Backfill (issue 17): the "Backfill…" action leads to its form (admin/backfills.py) -------
+from scheduler_app.admin import backfills as _backfills  # noqa: E402  (registers the Backfill admin)
+
+ScheduleAdmin.actions = [*ScheduleAdmin.actions, _backfills.backfill_action]

@@ -21,6 +21,15 @@ ENDPOINTS = {
     "runs": ("run-list", "Runs, newest first; /<id or run id>/ read, retry, revoke."),
     "tasks": ("api-tasks", "The registered tasks, with their parameters' defaults and policy."),
     "dead_letters": ("dead-letter-list", "Messages a worker set aside instead of running them."),
+    "calendars": (
+        "calendar-list",
+        "Business calendars: list, create; /<id>/ read, change (dates replaced when sent), delete.",
+    ),
+    "backfills": (
+        "backfill-list",
+        "Backfills, newest first; /<id>/ read with its slots, cancel. Start one with "
+        "POST /api/schedules/<id>/backfill/.",
+    ),
     "stats": ("api-stats", "Run figures over ?window=1h|24h|7d, all and per task; queues, workers; schedules."),
     "schema": ("api-schema", "The OpenAPI schema (JSON)."),
     "docs": ("api-docs", "The API's documentation, Swagger UI (staff, in a browser)."),

@@ -16,9 +16,9 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from scheduler_app import limits, schedules, selectors, services
+from scheduler_app import forms, limits, schedules, selectors, services
 from scheduler_app.forms import KIND_FIELDS, KINDS, ScheduleForm, initial_schedule
-from scheduler_app.models import POLICY_FIELDS, Run, SchedulePolicy
+from scheduler_app.models import CALENDAR_RULES, POLICY_FIELDS, BusinessCalendar, Run, SchedulePolicy
 from scheduler_app.runs import history, states
 
 POLICY_API_FIELDS = (*POLICY_FIELDS, "late_after", "alert_after_failures", "pause_after_failures")
@@ -53,10 +53,25 @@ class PolicySerializer(serializers.ModelSerializer[SchedulePolicy]):
     owner = serializers.SlugRelatedField(
         slug_field="username", queryset=get_user_model().objects.all(), required=False, allow_null=True
     )
+    # The range is checked with the schedule (forms.jitter_problem), in the admin's words.
+    jitter = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=2**31 - 1,
+        help_text="Seconds: each slot is sent up to this much later (derived from the schedule and the slot); "
+        "less than the time between two slots, at most 86400; null: none.",
+    )  # fmt: skip
+    calendars = serializers.SlugRelatedField(
+        slug_field="name", many=True, queryset=BusinessCalendar.objects.all(), required=False,
+        help_text="The names of the business calendars the schedule keeps out of (GET /api/calendars/); "
+        "[] for none.",
+    )  # fmt: skip
+    calendar_rule = serializers.ChoiceField(
+        choices=["", *CALENDAR_RULES], required=False, allow_blank=True,
+        help_text="A slot in an excluded time: skip (the default, also \"\") or move it to the next allowed moment.",
+    )  # fmt: skip
 
     class Meta:
         model = SchedulePolicy
-        fields = [*POLICY_API_FIELDS, "owner"]
+        fields = [*POLICY_API_FIELDS, "owner", "jitter", "calendars", "calendar_rule"]
 
     def to_internal_value(self, data: Any) -> Any:
         refuse_unknown(self, data)
@@ -114,7 +129,11 @@ class ScheduleWriteSerializer(serializers.Serializer[PeriodicTask]):
         form = ScheduleForm(form_data(attrs, self.instance), instance=self.instance)
         if not form.is_valid():
             raise serializers.ValidationError(api_errors(form.errors))
-        attrs["form"] = form
+        rules = given_rules(attrs.get("policy"), self.instance)
+        problems = forms.policy_problems(form.schedule_row, form.cleaned_data["name"], rules)
+        if problems:  # the admin's words (forms.policy_problems), under the policy's field
+            raise serializers.ValidationError({"policy": {field: [text] for field, text in problems.items()}})
+        attrs["form"], attrs["rules"] = form, rules
         return attrs
 
     @transaction.atomic
@@ -136,6 +155,18 @@ class ScheduleWriteSerializer(serializers.Serializer[PeriodicTask]):
         form = getattr(self, "_validated_data", {}).get("form")
         warnings = form.warnings if form is not None else []
         return {**ScheduleSerializer(task, context=self.context).data, "warnings": warnings}
+
+
+def given_rules(policy: dict[str, Any] | None, instance: PeriodicTask | None) -> forms.Rules:
+    """The schedule's jitter, calendars and rule as the request leaves them: what it sends,
+    the schedule's own for the rest (a partial update)."""
+    saved = forms.rules_of(getattr(instance, "policy", None) if instance is not None else None)
+    sent = policy or {}
+    return forms.Rules(
+        sent.get("jitter", saved.jitter),
+        tuple(sent["calendars"]) if "calendars" in sent else saved.calendars,
+        sent.get("calendar_rule", saved.rule),
+    )
 
 
 def refuse_other_kinds(attrs: dict[str, Any], instance: PeriodicTask | None, sent: Any) -> None:
@@ -177,13 +208,17 @@ def api_errors(errors: dict[str, Any]) -> dict[str, Any]:
 
 def save_policy(task: PeriodicTask, values: dict[str, Any] | None) -> None:
     policy = services.policy_of(task)
+    attached = (values or {}).get("calendars")
     for field, value in (values or {}).items():
-        setattr(policy, field, value)
+        if field != "calendars":
+            setattr(policy, field, value)
     try:
         policy.full_clean()
     except DjangoValidationError as exc:
         raise serializers.ValidationError({"policy": exc.messages}) from None
     policy.save()
+    if attached is not None:
+        policy.calendars.set(attached)
 
 
 class ScheduleSerializer(serializers.ModelSerializer[PeriodicTask]):
@@ -226,14 +261,18 @@ class ScheduleSerializer(serializers.ModelSerializer[PeriodicTask]):
         fields = initial_schedule(task)
         if "cron_timezone" in fields:
             fields["timezone"] = fields.pop("cron_timezone")
-        return {**fields, "words": schedules.shown_description(task), "zone": schedules.zone_of(task)}
+        return {**fields, "words": schedules.shown_description(task), "zone": schedules.zone_of(task),
+                "chosen_by_hash": chosen_by_hash(task)}  # fmt: skip
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_next_run(self, task: PeriodicTask) -> dict[str, Any]:
+        """When beat sends it next (`at`: the send moment, its jitter or calendar move in), the
+        nominal `slot` where that differs, and the `note` ("jitter +37s", "moved: ...")."""
         upcoming = schedules.shown_next_run(task)
         local = upcoming.local()
+        slot = upcoming.slot if upcoming.slot is not None and upcoming.slot != upcoming.at else None
         return {"at": upcoming.at, "local": local.isoformat() if local else None, "zone": upcoming.zone,
-                "reason": upcoming.reason}  # fmt: skip
+                "reason": upcoming.reason, "slot": slot, "note": upcoming.note}  # fmt: skip
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_policy(self, task: PeriodicTask) -> dict[str, Any]:
@@ -267,6 +306,20 @@ class ScheduleSerializer(serializers.ModelSerializer[PeriodicTask]):
     @extend_schema_field(OpenApiTypes.ANY)
     def get_headers(self, task: PeriodicTask) -> Any:
         return loads_or_text(task.headers or "{}")
+
+
+def chosen_by_hash(task: PeriodicTask) -> str:
+    """The H values of a crontab in words ("minute 37 chosen by hash of the name"), or ""."""
+    return forms.hashed_words(task.crontab, task.name) if task.crontab_id else ""
+
+
+def run_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The preview's rows as the API answers them (next-runs, preview): the send moment in the
+    zone and UTC, the nominal slot where it differs, the note; a skipped slot has `skipped`."""
+    return [{"local": row["local"].isoformat(), "utc": row["utc"].isoformat(), "dst_change": row["dst_change"],
+             "skipped": row["skipped"], "note": row["note"],
+             "slot": row["slot_utc"].isoformat() if row["slot_utc"] else None,
+             "slot_local": row["slot_local"].isoformat() if row["slot_local"] else None} for row in rows]  # fmt: skip
 
 
 def loads_or_text(text: str | None) -> Any:

@@ -9,6 +9,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.permissions import IsAdminUser
 from rest_framework.routers import DefaultRouter
 
+from scheduler_app.api.backfills import BackfillViewSet, ScheduleBackfill
+from scheduler_app.api.calendars import CalendarViewSet
 from scheduler_app.api.deadletters import DeadLetterViewSet
 from scheduler_app.api.index import ApiIndex, docs_view
 from scheduler_app.api.stats import Stats
@@ -19,11 +21,14 @@ router.include_root_view = False
 router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("runs", RunViewSet, basename="run")
 router.register("dead-letters", DeadLetterViewSet, basename="dead-letter")
+router.register("backfills", BackfillViewSet, basename="backfill")
+router.register("calendars", CalendarViewSet, basename="calendar")
 
 urlpatterns = [
     path("", ApiIndex.as_view(), name="api-index"),
     path("tasks/", TaskList.as_view(), name="api-tasks"),
     path("stats/", Stats.as_view(), name="api-stats"),
+    path("schedules/<int:pk>/backfill/", ScheduleBackfill.as_view(), name="api-schedule-backfill"),
     path("docs/", docs_view(SpectacularSwaggerView), name="api-docs"),
     path("redoc/", docs_view(SpectacularRedocView), name="api-redoc"),
     path(

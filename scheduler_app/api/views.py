@@ -24,7 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from scheduler_app import audit, catalog, schedules, selectors, services
+from scheduler_app import audit, catalog, forms, schedules, selectors, services
 from scheduler_app.api import params
 from scheduler_app.api import serializers as api
 from scheduler_app.api.permissions import RUN_PERMS, SCHEDULE_PERMS, StaffWithModelPermission
@@ -37,6 +37,15 @@ from scheduler_app.runs.policy import task_policy
 
 MAX_NEXT_RUNS = 100
 RUN_ID = re.compile(r"[0-9a-fA-F-]{8,64}")  # a Celery task id (a uuid)
+PREVIEW = inline_serializer(
+    "Preview",
+    {"zone": serializers.CharField(), "chosen_by_hash": serializers.CharField(),
+     "runs": serializers.ListField(child=serializers.DictField())},
+)  # fmt: skip
+PREVIEW_PERMS = {
+    "preview": "django_celery_beat.view_periodictask",
+    "preview_new": "django_celery_beat.view_periodictask",
+}
 
 
 class Conflict(APIException):
@@ -78,7 +87,7 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
     update, delete; pause, resume, run now; the next runs."""
 
     permission_classes = [StaffWithModelPermission]
-    action_perms = SCHEDULE_PERMS
+    action_perms = {**SCHEDULE_PERMS, **PREVIEW_PERMS}  # a preview writes nothing: who may read may preview
     pagination_class = SchedulePages
     serializer_class = api.ScheduleSerializer
 
@@ -194,15 +203,36 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
         count = params.whole_number(request, "count", 5, 1, MAX_NEXT_RUNS)
         task = self.get_object()
         try:
-            runs = schedules.next_runs(task, count)
+            table = schedules.table_of(task)
+            verdicts = schedules.explain(task, count, table=table)
         except (slots.InvalidSchedule, ValueError, OverflowError) as exc:
             raise Conflict(f"the schedule cannot be computed: {exc}; fix it first.") from None
-        zone = runs[0].zone if runs else schedules.zone_of(task)
-        marked = slots.describe_offsets([run.at for run in runs if run.at], zone)
-        return Response({"zone": zone, "reason": "" if runs else schedules.why_not(task), "runs": [
-            {"local": r["local"].isoformat(), "utc": r["utc"].isoformat(), "dst_change": r["dst_change"]}
-            for r in marked
-        ]})  # fmt: skip
+        rows = api.run_rows(forms.preview_rows(verdicts, table.zone))
+        return Response({"zone": table.zone, "reason": "" if rows else schedules.why_not(task),
+                         "chosen_by_hash": forms.hashed_words(task.crontab, task.name), "runs": rows})  # fmt: skip
+
+    @extend_schema(request=api.ScheduleWriteSerializer, responses=PREVIEW)
+    @action(detail=False, methods=["post"], url_path="preview")
+    def preview_new(self, request: Request) -> Response:
+        """What beat would send for this schedule (a create's body), nothing saved: the next
+        slots with their send moments, jitter, skipped and moved slots, and the H values."""
+        return self.answer_preview(api.ScheduleWriteSerializer(data=request.data), None)
+
+    @extend_schema(request=api.ScheduleWriteSerializer, responses=PREVIEW)
+    @action(detail=True, methods=["post"], url_path="preview")
+    def preview(self, request: Request, pk: str | None = None) -> Response:
+        """What beat would send for the schedule with these changes (a PATCH's body, its policy
+        too), nothing saved."""
+        task = self.get_object()
+        return self.answer_preview(api.ScheduleWriteSerializer(task, data=request.data, partial=True), task)
+
+    def answer_preview(self, body: api.ScheduleWriteSerializer, task: PeriodicTask | None) -> Response:
+        body.is_valid(raise_exception=True)
+        try:
+            shown = body.validated_data["form"].preview(editing=task, given=body.validated_data["rules"])
+        except (slots.InvalidSchedule, ValueError, OverflowError) as exc:
+            raise ValidationError({"non_field_errors": [str(exc)]}) from None
+        return Response({"zone": shown["zone"], "chosen_by_hash": shown["hashed"], "runs": api.run_rows(shown["runs"])})
 
     @extend_schema(
         parameters=[OpenApiParameter("limit", int, description="1 to 200; default 20.")],

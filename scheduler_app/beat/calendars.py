@@ -102,8 +102,20 @@ class Calendar:
         raise NothingAllowed(f"calendar {self.name!r} allows no time in the next {MAX_DAYS} days")
 
     def at(self, day: dt.date, time: dt.time) -> dt.datetime:
-        """`time` on `day` in the calendar's zone, in UTC (a time in a skipped hour: after the jump)."""
-        return dt.datetime.combine(day, time, tzinfo=self._tz).astimezone(UTC)
+        """`time` on `day` in the calendar's zone, in UTC (a time in a skipped hour: the jump
+        itself, the first moment whose local time is at or after it)."""
+        wall = dt.datetime.combine(day, time)
+        found = wall.replace(tzinfo=self._tz).astimezone(UTC)
+        if found.astimezone(self._tz).replace(tzinfo=None) == wall:
+            return found
+        before = wall.replace(tzinfo=self._tz, fold=1).astimezone(UTC)  # in the gap: the jump lies between
+        while found - before > dt.timedelta(seconds=1):
+            middle = before + (found - before) / 2
+            if middle.astimezone(self._tz).replace(tzinfo=None) >= wall:
+                found = middle
+            else:
+                before = middle
+        return found.replace(microsecond=0) if found.microsecond else found
 
 
 @dataclass(frozen=True, eq=False)

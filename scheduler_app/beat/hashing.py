@@ -25,8 +25,17 @@ class HashSyntaxError(ValueError):
     """An H item written wrongly or out of its field's range; says what is allowed."""
 
 
+def is_hash_item(item: str) -> bool:
+    """Whether a list item of a field is an H item (`THU`, a day's name, is not)."""
+    return item.strip().startswith("H")
+
+
+def field_has_hash(text: str) -> bool:
+    return any(is_hash_item(item) for item in text.split(","))
+
+
 def has_hash(expression: str) -> bool:
-    return "H" in expression
+    return any(field_has_hash(text) for text in expression.split())
 
 
 def hash_value(name: str, field_index: int, span: int) -> int:
@@ -40,7 +49,7 @@ def resolve_field(text: str, name: str, index: int) -> str:
     field_name, low, high = HASH_RANGES[index]
     items = []
     for item in text.split(","):
-        if "H" not in item:
+        if not is_hash_item(item):
             items.append(item)
             continue
         match = HASH_ITEM.match(item.strip())
@@ -75,12 +84,14 @@ def resolve(expression: str, name: str) -> str:
     fields = expression.split()
     if len(fields) != len(HASH_RANGES):
         raise HashSyntaxError(f"crontab {expression!r}: five fields expected")
-    return " ".join(resolve_field(text, name, i) if "H" in text else text for i, text in enumerate(fields))
+    return " ".join(resolve_field(text, name, i) if field_has_hash(text) else text for i, text in enumerate(fields))
 
 
 def chosen_by_hash(expression: str, name: str) -> str:
     """The H values in words: "minute 37, hour 4 chosen by hash of the name"."""
     fields = expression.split()
     resolved = resolve(expression, name).split()
-    chosen = [f"{HASH_RANGES[i][0].replace('_', ' ')} {resolved[i]}" for i, text in enumerate(fields) if "H" in text]
+    chosen = [
+        f"{HASH_RANGES[i][0].replace('_', ' ')} {resolved[i]}" for i, text in enumerate(fields) if field_has_hash(text)
+    ]
     return f"{', '.join(chosen)} chosen by hash of the name" if chosen else ""

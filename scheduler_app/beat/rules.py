@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from scheduler_app.beat import hashing, slots
+from scheduler_app.beat import slots
 from scheduler_app.beat.calendars import Calendars, NothingAllowed
 
 UTC = dt.UTC
@@ -45,6 +45,12 @@ class Verdict:
     at: dt.datetime | None
     note: str = ""
     allowed: dt.datetime | None = None
+    stands_with: dt.datetime | None = None  # moved into the run of this (later) slot
+
+    @property
+    def runs(self) -> bool:
+        """Whether this slot has a run of its own."""
+        return self.at is not None and self.stands_with is None
 
 
 @dataclass(eq=False)
@@ -56,7 +62,6 @@ class Ruled:
     jitter: float = 0.0
     calendars: Calendars = field(default_factory=lambda: Calendars(()))
     move: bool = False
-    hashed: str = ""  # the H values in words, if any
     _memo: tuple[dt.datetime, Verdict] | None = field(default=None, repr=False)
 
     @property
@@ -147,7 +152,7 @@ class Ruled:
         except NothingAllowed:
             return None
         jump = max(slot, allowed - dt.timedelta(seconds=self.jitter) - EPSILON)
-        return self.base.slot_after(jump)
+        return self.base.slot_following(slot, jump)  # an interval stays on its grid
 
     def moved_together(self, first: dt.datetime, allowed: dt.datetime) -> tuple[dt.datetime, dt.datetime | None]:
         """Of the slots from `first` on whose jittered moment comes before `allowed` (all
@@ -174,11 +179,8 @@ class Ruled:
             verdict = self.verdict(moment)
             stands = self.admit(moment) if verdict.allowed is not None else moment
             if stands is not None and stands != moment:  # moved, and one run with another slot
-                verdict = Verdict(
-                    moment,
-                    self.send_at(stands),
-                    f"{verdict.note}; one run with the slot of {stands:%Y-%m-%d %H:%M} UTC",
-                )
+                note = f"{verdict.note}; one run with the slot of {stands:%Y-%m-%d %H:%M} UTC"
+                verdict = Verdict(moment, self.send_at(stands), note, verdict.allowed, stands)
             yield verdict
 
 
@@ -194,13 +196,11 @@ def previous(table: slots.Timetable, slot: dt.datetime) -> dt.datetime | None:
 def for_schedule(base: slots.Timetable, name: str, *, jitter: float = 0.0, calendars: Calendars | None = None,
                  move: bool = False) -> slots.Timetable:  # fmt: skip
     """The schedule's timetable: `base` itself when no rule applies (most schedules)."""
-    hashed = ""
-    if isinstance(base, slots.HashedCron):
-        hashed = hashing.chosen_by_hash(base.expression, name)
+    if isinstance(base, slots.HashedCron):  # its own Cron, shared with the schedules whose names give the same values
         base = base.named(name)
     if not jitter and not calendars:
-        return base if not hashed else Ruled(base, name, hashed=hashed)
-    return Ruled(base, name, float(jitter), calendars or Calendars(()), move, hashed)
+        return base
+    return Ruled(base, name, float(jitter), calendars or Calendars(()), move)
 
 
 def send_at(table: slots.Timetable, slot: dt.datetime) -> dt.datetime:

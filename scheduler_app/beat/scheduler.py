@@ -38,6 +38,7 @@ from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
 from scheduler_app.beat import checks, entries, leader
+from scheduler_app.beat.backfill_sender import BackfillSender
 from scheduler_app.beat.change_reader import ChangeReader, Position, prune_change_log
 from scheduler_app.beat.dispatch import Dispatcher
 from scheduler_app.beat.due import DueHeap
@@ -68,6 +69,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
         self._next_prune = 0.0
         super().__init__(*args, **kwargs)  # loads the schedules (setup_schedule)
         self.dispatcher = Dispatcher(self.app, self.planner, self.due, self.ledger, self._still_leading, self.send_task)
+        self.backfills = BackfillSender(self.app, self.lease, self.send_task)  # backfills: the leader sends them
         self.max_interval: float = min(self.max_interval, self.check_interval)
         # A task-sent event is a second publish per run (kombu's Redis transport takes a
         # client per publish): without it beat sends about a third more per second. Workers
@@ -207,6 +209,8 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
         try:
             self.flush()  # first: a one-off just sent is disabled before changes are compared
             self.apply_changes()
+            if self.lease.is_leader:
+                self.backfills.tick()  # logs a bad backfill and goes on; a database error is reported below
             if self.lease.is_leader and time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + PRUNE_EVERY
                 prune_change_log()

@@ -26,7 +26,7 @@ from django.db.models.functions import RowNumber
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app.beat import slots
+from scheduler_app.beat import rules, slots
 from scheduler_app.monitoring import health
 from scheduler_app.runs import states
 
@@ -70,7 +70,9 @@ class Cell:
 
 def past_slots(task: PeriodicTask, table: slots.Timetable, now: dt.datetime, count: int = SLOTS) -> list[dt.datetime]:
     """The schedule's last `count` slots at or before `now`, oldest first, none before its
-    first counted slot."""
+    first counted slot (with rules: the moments they were sent for, `ruled_past_slots`)."""
+    if isinstance(table, rules.Ruled):
+        return ruled_past_slots(task, table, now, count)
     first = health.first_counted(task, table)
     if first is None or first > now:
         return []
@@ -90,6 +92,23 @@ def past_slots(task: PeriodicTask, table: slots.Timetable, now: dt.datetime, cou
         if moment >= start:
             found.append(moment)
     return found[-count:]
+
+
+def ruled_past_slots(task: PeriodicTask, table: rules.Ruled, now: dt.datetime, count: int) -> list[dt.datetime]:
+    """The send moments (jitter, calendar moves in) of the last `count` slots sent by `now`;
+    slots a calendar skipped, or folded into another run, are not among them."""
+    first = health.first_counted(task, table)
+    if first is None or table.send_at(first) > now:
+        return []
+    found: list[dt.datetime] = []
+    slot: dt.datetime | None = table.latest_until(first, now)
+    for _ in range(50 * count):
+        if slot is None or slot < first or len(found) >= count:
+            break
+        if table.admit(slot) == slot:
+            found.append(table.send_at(slot))
+        slot = rules.previous(table.base, slot)
+    return found[::-1]
 
 
 def earliest(table: slots.Timetable, last: dt.datetime, count: int) -> dt.datetime:

@@ -21,5 +21,5 @@ def context_of(header: dict[str, Any], request: Any) -> dict[str, Any]:
         "schedule": header.get("schedule") or getattr(request, "periodic_task_name", None),
         "scheduled_for": header.get("scheduled_for"),
         "queued_at": header.get("queued_at"),
-        **{key: header[key] for key in ("by", "retry_of") if header.get(key)},
+        **{key: header[key] for key in ("by", "retry_of", "slot", "backfill") if header.get(key)},
     }

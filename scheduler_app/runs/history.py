@@ -25,7 +25,7 @@ from scheduler_app.runs import ledger, state_history, states
 from scheduler_app.runs.context import HEADER as HEADER
 from scheduler_app.runs.context import context_of, header_of
 
-TRIGGERS = ("beat", "manual", "api", "retry", "direct")  # "by": who asked, for all but beat and direct
+TRIGGERS = ("beat", "manual", "api", "retry", "backfill", "direct")  # "by": who asked, for all but beat and direct
 RUNNING = {celery_states.STARTED, states.PROGRESS}
 FINISHED = {celery_states.SUCCESS, celery_states.FAILURE, celery_states.REVOKED, states.SKIPPED, states.EXPIRED}
 RECEIVED_AT = "bk_received_at"  # the request's field with the moment the worker received the message

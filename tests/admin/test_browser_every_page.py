@@ -252,6 +252,12 @@ COVERED_ELSEWHERE = {  # the console's pages other modules hold with check_legib
     "admin/django_celery_beat/periodictask/<path:object_id>/change/", "admin/scheduler_app/run/",
     "admin/scheduler_app/run/<path:object_id>/change/", "admin/scheduler_app/auditentry/", "admin/dead-letters/",
     "admin/dead-letters/<str:letter_id>/", "admin/failures/", "admin/trends/", "admin/workers/", "admin/queues/",
+    # business calendars (test_browser_rules.py): the list, a calendar's page, the add form refused
+    "admin/scheduler_app/businesscalendar/", "admin/scheduler_app/businesscalendar/<path:object_id>/change/",
+    "admin/scheduler_app/businesscalendar/add/",
+    # backfills (test_browser_backfill.py): the list, a backfill's page, the form and its confirmation, the cancel
+    "admin/scheduler_app/backfill/", "admin/scheduler_app/backfill/<path:object_id>/change/",
+    "admin/scheduler_app/backfill/start/<int:schedule_pk>/", "admin/scheduler_app/backfill/<int:pk>/cancel/",
 }  # fmt: skip
 NOT_PAGES = {  # what answers no page of its own: a fragment, JSON, a redirect, a POST, a file
     "admin/dashboard/panel/", "admin/django_celery_results/taskresult/",
@@ -260,6 +266,7 @@ NOT_PAGES = {  # what answers no page of its own: a fragment, JSON, a redirect, 
     "admin/scheduler_app/run/<int:pk>/do/<str:what>/", "admin/logout/", "admin/autocomplete/", "admin/jsi18n/",
     "admin/r/<path:content_type_id>/<path:object_id>/", "admin/(?P<url>.*)$", "admin/password_change/done/",
     "admin/scheduler_app/run/add/", "admin/scheduler_app/auditentry/add/",  # read-only: refused (403)
+    "admin/scheduler_app/backfill/add/",  # started from a schedule's action instead: refused (403)
 }  # fmt: skip
 
 

@@ -103,7 +103,8 @@ def test_it_refuses_an_unknown_schedule_with_a_400_naming_it(api: Client) -> Non
 def test_it_answers_an_index_at_api_for_staff_and_refuses_others(api: Client) -> None:
     body = api.get("/api/").json()
     assert body["schedules"]["url"] == "http://testserver/api/schedules/"
-    assert {"runs", "tasks", "dead_letters", "schema", "docs", "redoc"} <= set(body)
+    assert {"runs", "tasks", "dead_letters", "calendars", "backfills", "schema", "docs", "redoc"} <= set(body)
+    assert body["calendars"]["url"] == "http://testserver/api/calendars/"
     assert Client().get("/api/").status_code == 401
     staff = User.objects.create_user("plain", password="x", is_staff=False)
     assert Client(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=staff).key}").get("/api/").status_code == 403

@@ -223,4 +223,6 @@ def test_it_refuses_a_pause_note_over_its_limit_at_both_doors(api: Client, admin
     assert counts() == before
     assert PeriodicTask.objects.get(pk=task.pk).enabled
     response = send(api, "post", f"/api/schedules/{task.pk}/pause/", {"note": "x" * limits.MAX_NOTE})
-    assert response.status_code == 200 and not PeriodicTask.objects.get(pk=task.pk).enabled  # the limit itself is allowed
+    assert (
+        response.status_code == 200 and not PeriodicTask.objects.get(pk=task.pk).enabled
+    )  # the limit itself is allowed

@@ -62,18 +62,25 @@
       setStatus("This schedule will not run again.");
       return;
     }
+    // Each slot as beat sends it: the send moment (its jitter in), the nominal slot where that
+    // differs, and what a calendar does to it (a skipped slot: its row struck through, said why).
     for (const run of data.runs) {
       const row = body.insertRow();
+      if (run.skipped) row.className = "bk-skipped";
       row.insertCell().textContent = run.shown_local;
       row.insertCell().textContent = run.shown_utc;
+      const notes = [];
+      if (run.skipped) notes.push("not sent");
+      if (run.shown_slot) notes.push("slot " + run.shown_slot);
+      if (run.note) notes.push(run.note);
+      if (run.dst_change) notes.push("UTC offset changes (daylight saving)");
       const mark = row.insertCell();
-      if (run.dst_change) {
-        mark.textContent = "UTC offset changes (daylight saving)";
-        mark.className = "bk-dst";
-      }
+      mark.textContent = notes.join("; ");
+      mark.className = run.skipped ? "bk-skip-note" : run.dst_change ? "bk-dst" : "bk-run-note";
     }
     table.hidden = false;
-    setStatus("Next " + data.runs.length + " runs, as beat will send them (zone " + data.zone + "):");
+    const hashed = data.hashed ? " H: " + data.hashed + "." : "";
+    setStatus("Next " + data.runs.length + " slots, as beat will send them (zone " + data.zone + ")." + hashed);
   }
 
   let pending = null;
