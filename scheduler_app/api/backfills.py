@@ -79,14 +79,22 @@ class ProgressSerializer(serializers.Serializer[backfills.Progress]):
 
 
 class BackfillSerializer(serializers.ModelSerializer[Backfill]):
+    """A backfill as read: its range as `from` and `to`, the names its request takes."""
+
     schedule = serializers.IntegerField(source="periodic_task_id")
     progress = serializers.SerializerMethodField()
 
     class Meta:
         model = Backfill
-        fields = ["id", "schedule", "schedule_name", "start", "end", "newest_first", "max_concurrent", "rerun",
+        fields = ["id", "schedule", "schedule_name", "newest_first", "max_concurrent", "rerun",
                   "state", "requested_by_name", "via", "created_at", "finished_at", "cancelled_by_name",
                   "progress"]  # fmt: skip
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        items = list(super().get_fields().items())
+        span = {"from": serializers.DateTimeField(source="start", read_only=True),
+                "to": serializers.DateTimeField(source="end", read_only=True)}  # fmt: skip
+        return {**dict(items[:3]), **span, **dict(items[3:])}
 
     @extend_schema(responses=ProgressSerializer)
     def get_progress(self, backfill: Backfill) -> dict[str, int]:

@@ -69,6 +69,9 @@ def test_it_starts_a_backfill_and_shows_it_with_its_progress_and_slots(api: Clie
     assert (created["state"], created["max_concurrent"], created["requested_by_name"], created["via"]) == (
         "running", 3, "boss", "api")  # fmt: skip
     assert created["progress"] == {"total": 3, "done": 0, "running": 0, "waiting": 3, "skipped": 0, "cancelled": 0}
+    sent = body(max_concurrent=3)
+    read = [dt.datetime.fromisoformat(created[key].replace("Z", "+00:00")) for key in ("from", "to")]
+    assert read == [dt.datetime.fromisoformat(sent[key]) for key in ("from", "to")], "read under the names it was sent"
     entry = AuditEntry.objects.get(action="backfill")
     assert (entry.via, entry.actor_name, entry.changes["backfill"]) == ("api", "boss", created["id"])
     listed = api.get("/api/backfills/").json()
