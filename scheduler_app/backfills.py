@@ -114,8 +114,25 @@ def plan(task: PeriodicTask, start: dt.datetime, end: dt.datetime, *, rerun: boo
     if newest_first:
         found.reverse()
     ran = {} if rerun else runs_of_slots(task, start, end)
-    planned = [PlannedSlot(n, slot, at, ran.get(slot) or ran.get(at) or "") for n, (slot, at) in enumerate(found)]
+    planned = [PlannedSlot(n, slot, at, beats_own(task, slot, at, now, rerun) or ran.get(slot) or ran.get(at) or "")
+               for n, (slot, at) in enumerate(found)]  # fmt: skip
     return Plan(task, start, end, newest_first, rerun, max_concurrent, planned)
+
+
+RECENT = dt.timedelta(hours=1)  # a slot beat sent this recently may have no recorded run yet (its queue, the recorder)
+
+
+def beats_own(task: PeriodicTask, slot: dt.datetime, at: dt.datetime, now: dt.datetime, rerun: bool) -> str:
+    """Why beat, not the backfill, has this slot, or "": a slot sent after now, or within
+    the catch-up grace of an enabled schedule, is beat's to send (`rerun` or not); one at or
+    before the schedule's last slot sent within the last hour may be queued or not yet
+    recorded (unless `rerun`). Sending either would run the slot twice."""
+    grace = dt.timedelta(seconds=settings.BEAT_CATCH_UP_GRACE_SECONDS)
+    if at > now or (task.enabled and at > now - grace):
+        return f"beat's to send: due at {at:%Y-%m-%d %H:%M:%S} UTC, within beat's catch-up grace or later"
+    if not rerun and task.last_run_at is not None and slot <= task.last_run_at and at > now - RECENT:
+        return "sent by beat within the last hour: its run may still be queued or not yet recorded"
+    return ""
 
 
 def check_request(task: PeriodicTask, start: dt.datetime, end: dt.datetime, max_concurrent: int,

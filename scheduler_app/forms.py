@@ -476,6 +476,29 @@ def calendar_problem(row: BusinessCalendar, exclusions: list[CalendarExclusion],
                 "exclude everything, so a schedule on it would never run. Allow some time.")  # fmt: skip
     except (ValueError, KeyError, zoneinfo.ZoneInfoNotFoundError):
         return None  # a field of its own is wrong, and says so
+    return shared_calendar_problem(row, exclusions, now or timezone.now()) if row.pk else None
+
+
+def shared_calendar_problem(row: BusinessCalendar, exclusions: list[CalendarExclusion],
+                            now: dt.datetime) -> str | None:  # fmt: skip
+    """The calendar as edited, with the other calendars of each schedule that uses it: a
+    change that would leave one of them no allowed time is refused, naming the schedule
+    (each combination of calendars is tried once)."""
+    edited = calendars.from_row(row, exclusions)
+    users = SchedulePolicy.objects.filter(calendars=row.pk).select_related("periodic_task")
+    tried: set[tuple[int, ...]] = set()
+    for policy in users.prefetch_related("calendars__exclusions"):
+        others = [c for c in policy.calendars.all() if c.pk != row.pk]
+        key = tuple(sorted(c.pk for c in others))
+        if not others or key in tried:
+            continue
+        tried.add(key)
+        try:
+            calendars.Calendars((edited, *schedules.calendars_of(others).items)).next_allowed(now)
+        except calendars.NothingAllowed:
+            return (f"With the other calendars of schedule {policy.periodic_task.name!r} "
+                    f"({', '.join(c.name for c in others)}), this calendar would allow no time: that schedule would "
+                    "never run. Allow some time, or detach a calendar from it first.")  # fmt: skip
     return None
 
 

@@ -97,7 +97,7 @@ def next_runs(
     late = (
         slot is not None and (now - rules.send_at(table, slot)).total_seconds() > settings.BEAT_CATCH_UP_GRACE_SECONDS
     )
-    if slot is not None and late and not isinstance(table, slots.Clocked):  # a clocked slot runs, however late
+    if slot is not None and late and not clocked(table):  # a clocked slot runs, however late (its rules too)
         if catch_up_of(task) == "skip":  # beat sends none of the backlog: on to the next slot
             slot = table.slot_following(slot, now)
         else:  # `once`: one run now, as the backlog's latest slot; beat carries on after that one

@@ -92,9 +92,13 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
     serializer_class = api.ScheduleSerializer
 
     def get_queryset(self) -> QuerySet[PeriodicTask]:
-        tasks: QuerySet[PeriodicTask] = PeriodicTask.objects.select_related(
-            "interval", "crontab", "solar", "clocked", "policy__owner", "policy__paused_by", "health"
-        ).order_by("name", "pk")
+        tasks: QuerySet[PeriodicTask] = (
+            PeriodicTask.objects.select_related(
+                "interval", "crontab", "solar", "clocked", "policy__owner", "policy__paused_by", "health"
+            )
+            .prefetch_related("policy__calendars__exclusions")  # the rules of each next run, not queries per row
+            .order_by("name", "pk")
+        )
         query = self.request.query_params
         if (enabled := params.choice(self.request, "enabled", ("true", "false"))) is not None:
             tasks = tasks.filter(enabled=enabled == "true")

@@ -68,6 +68,7 @@ class Message:
         self.task, self.name = task.task, task.name
         self.args, self.kwargs = json.loads(task.args or "[]"), json.loads(task.kwargs or "{}")
         self.table = table_of(task, policy)
+        self.changed = (task.date_changed, policy.updated_at if policy else None)
         self.backfill_id, self.by = backfill.pk, backfill.requested_by_name or "system"
 
     def header(self, slot: dt.datetime, planned: dt.datetime | None = None) -> dict[str, Any]:
@@ -197,6 +198,8 @@ class BackfillSender:
         if claimed != 1:  # cancelled meanwhile, or another beat has it
             return True
         slot.task_id = task_id
+        if not self.owns_lease():  # paused past the lease since the claim: the new leader sends it (same run id)
+            return False
         if not self.publish(backfill, slot):
             BackfillSlot.objects.filter(pk=slot.pk, state=BackfillSlot.CLAIMED, task_id=task_id).update(
                 state=BackfillSlot.WAITING, task_id="", sent_at=None
@@ -209,7 +212,9 @@ class BackfillSender:
 
     def publish(self, backfill: Backfill, slot: BackfillSlot) -> bool:
         message = self.messages.get(backfill.pk)
-        if message is None:
+        schedule = PeriodicTask.objects.filter(pk=backfill.periodic_task_id)
+        changed = schedule.values_list("date_changed", "policy__updated_at")
+        if message is None or message.changed != changed.first():  # the schedule and policy as they are now
             message = self.messages[backfill.pk] = Message(backfill, self.app)
         options = message.options_for(slot.slot, slot.at)
         try:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 UTC = dt.UTC
 MAX_DAYS = 3 * 366  # how far ahead an allowed moment is looked for before a calendar counts as closed
 ONE_DAY = dt.timedelta(days=1)
+EPSILON = dt.timedelta(microseconds=1)
 DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -101,6 +102,19 @@ class Calendar:
             day += ONE_DAY
         raise NothingAllowed(f"calendar {self.name!r} allows no time in the next {MAX_DAYS} days")
 
+    def previous_allowed(self, moment: dt.datetime) -> dt.datetime | None:
+        """The last moment before `moment` that this calendar allows (None: none in MAX_DAYS)."""
+        day = moment.astimezone(self._tz).date()
+        for _ in range(MAX_DAYS):
+            if not self.day_excluded(day):
+                opens = self.at(day, self.day_starts or dt.time(0))
+                closes = self.at(day, self.day_ends) if self.day_ends else self.at(day + ONE_DAY, dt.time(0))
+                last = min(moment, closes) - EPSILON
+                if last >= opens:
+                    return last
+            day -= ONE_DAY
+        return None
+
     def at(self, day: dt.date, time: dt.time) -> dt.datetime:
         """`time` on `day` in the calendar's zone, in UTC (a time in a skipped hour: the jump
         itself, the first moment whose local time is at or after it)."""
@@ -132,6 +146,19 @@ class Calendars:
             reason = calendar.why_excluded(moment)
             if reason:
                 return reason
+        return None
+
+    def previous_allowed(self, moment: dt.datetime) -> dt.datetime | None:
+        """The last moment before `moment` that every calendar allows (None: none found)."""
+        candidate: dt.datetime | None = moment - EPSILON
+        for _ in range(MAX_DAYS):
+            moved = candidate
+            for calendar in self.items:
+                if moved is not None and calendar.why_excluded(moved):
+                    moved = calendar.previous_allowed(moved)
+            if moved is None or moved == candidate:
+                return moved
+            candidate = moved
         return None
 
     def next_allowed(self, moment: dt.datetime) -> dt.datetime:

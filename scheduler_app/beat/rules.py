@@ -76,7 +76,9 @@ class Ruled:
         return self.admit(self.base.slot_following(last, now))
 
     def latest_until(self, slot: dt.datetime, cutoff: dt.datetime) -> dt.datetime:
-        """The latest slot from `slot` on whose send moment is at or before `cutoff`."""
+        """The latest slot from `slot` on whose send moment is at or before `cutoff` (`slot`
+        itself when there is none: callers compare its send moment). An excluded stretch
+        is jumped over in one step, back to the last moment the calendars allow before it."""
         found = slots.latest_until(self.base, slot, cutoff)
         for _ in range(WALK_LIMIT):
             if found <= slot:
@@ -85,6 +87,10 @@ class Ruled:
             if self.admit(found) == found and verdict.at is not None and verdict.at <= cutoff:
                 return found
             earlier = previous(self.base, found)
+            if self.calendars and (verdict.at is None or verdict.allowed is not None):  # in an excluded stretch
+                allowed = self.calendars.previous_allowed(found + self.offset(found))
+                jump = slots.latest_until(self.base, slot, allowed) if allowed is not None and allowed > slot else slot
+                earlier = min(earlier, jump) if earlier is not None else jump
             if earlier is None:
                 return slot
             found = earlier

@@ -107,7 +107,8 @@ def expected_slot(task: PeriodicTask, table: slots.Timetable, now: dt.datetime) 
     start = last if last is not None and (last <= cutoff or not walks_back) else first
     if start is None or start > cutoff or (first is not None and first > cutoff):
         return None
-    return slots.latest_until(table, start, cutoff)
+    found = slots.latest_until(table, start, cutoff)
+    return None if rules.send_at(table, found) > cutoff else found  # its jitter or a calendar move: not due yet
 
 
 def first_counted(task: PeriodicTask, table: slots.Timetable) -> dt.datetime | None:

@@ -96,18 +96,22 @@ def past_slots(task: PeriodicTask, table: slots.Timetable, now: dt.datetime, cou
 
 def ruled_past_slots(task: PeriodicTask, table: rules.Ruled, now: dt.datetime, count: int) -> list[dt.datetime]:
     """The send moments (jitter, calendar moves in) of the last `count` slots sent by `now`;
-    slots a calendar skipped, or folded into another run, are not among them."""
+    slots a calendar skipped, or folded into another run, are not among them. Each step is
+    `latest_until` before the previous send moment, which jumps an excluded stretch at once."""
     first = health.first_counted(task, table)
     if first is None or table.send_at(first) > now:
         return []
     found: list[dt.datetime] = []
-    slot: dt.datetime | None = table.latest_until(first, now)
-    for _ in range(50 * count):
-        if slot is None or slot < first or len(found) >= count:
+    cutoff = now
+    while len(found) < count:
+        slot = table.latest_until(first, cutoff)
+        at = table.send_at(slot)
+        if at > cutoff or (found and at >= found[-1]):
             break
-        if table.admit(slot) == slot:
-            found.append(table.send_at(slot))
-        slot = rules.previous(table.base, slot)
+        found.append(at)
+        if slot <= first:
+            break
+        cutoff = at - dt.timedelta(microseconds=1)
     return found[::-1]
 
 

@@ -171,3 +171,16 @@ def test_a_change_of_only_jitter_calendars_or_rule_is_in_the_audit_trail(api: Cl
     before, after = entry.changes["policy"]
     assert (before["jitter"], before["calendars"], before["calendar_rule"]) == (None, [], "")
     assert (after["jitter"], after["calendars"], after["calendar_rule"]) == (60, ["Office"], "move")
+
+
+def test_it_refuses_a_calendar_change_that_leaves_a_schedule_using_it_no_allowed_time(api: Client) -> None:
+    BusinessCalendar.objects.create(name="Weekdays", weekdays="mon,tue,wed,thu,fri")
+    other = BusinessCalendar.objects.create(name="Office hours", day_starts=dt.time(9), day_ends=dt.time(17))
+    made = send(api, "post", "/api/schedules/", {**DAILY, "policy": {"calendars": ["Weekdays", "Office hours"]}})
+    assert made.status_code == 201, made.content
+    before = AuditEntry.objects.count()
+    refused = send(api, "patch", f"/api/calendars/{other.pk}/", {"weekdays": "sat,sun"})
+    assert refused.status_code == 400, refused.content
+    assert "daily report" in json.dumps(refused.json()) and "never run" in json.dumps(refused.json())
+    assert BusinessCalendar.objects.get(pk=other.pk).weekdays == "" and AuditEntry.objects.count() == before
+    assert send(api, "patch", f"/api/calendars/{other.pk}/", {"weekdays": "fri,sat"}).status_code == 200  # Fridays
