@@ -291,3 +291,17 @@ def contrast(text: tuple[float, float, float, float], background: tuple[float, f
     seen = tuple(t * alpha + b * (1 - alpha) for t, b in zip(text[:3], background[:3], strict=True))
     lighter, darker = sorted((luminance((*seen, 1.0)), luminance(background)), reverse=True)  # type: ignore[arg-type]
     return (lighter + 0.05) / (darker + 0.05)
+
+
+PIXELS = """(id) => {
+  const canvas = document.getElementById(id);
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let drawn = 0;
+  for (let i = 3; i < data.length; i += 4) { if (data[i] > 0) drawn++; }
+  return drawn;
+}"""
+
+
+def drawn_pixels(page: Page, canvas_id: str) -> int:
+    """How many pixels of a canvas hold a drawing (not transparent): a chart that drew nothing has none."""
+    return int(page.evaluate(PIXELS, canvas_id))

@@ -215,14 +215,14 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
         return Response({"zone": table.zone, "reason": "" if rows else schedules.why_not(task),
                          "chosen_by_hash": forms.hashed_words(task.crontab, task.name), "runs": rows})  # fmt: skip
 
-    @extend_schema(request=api.ScheduleWriteSerializer, responses=PREVIEW)
+    @extend_schema(request=api.ScheduleWriteSerializer, responses=PREVIEW, operation_id="schedules_preview_new")
     @action(detail=False, methods=["post"], url_path="preview")
     def preview_new(self, request: Request) -> Response:
         """What beat would send for this schedule (a create's body), nothing saved: the next
         slots with their send moments, jitter, skipped and moved slots, and the H values."""
         return self.answer_preview(api.ScheduleWriteSerializer(data=request.data), None)
 
-    @extend_schema(request=api.ScheduleWriteSerializer, responses=PREVIEW)
+    @extend_schema(request=api.ScheduleWriteSerializer, responses=PREVIEW, operation_id="schedules_preview_changed")
     @action(detail=True, methods=["post"], url_path="preview")
     def preview(self, request: Request, pk: str | None = None) -> Response:
         """What beat would send for the schedule with these changes (a PATCH's body, its policy

@@ -21,21 +21,12 @@ from django_celery_results.models import TaskResult
 from playwright.sync_api import Page, expect
 from pytest_django.live_server_helper import LiveServer
 
-from tests.browser import force_login, shot
+from tests.browser import drawn_pixels, force_login, shot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TASK = "maintenance.purge_expired_sessions"
 UTC = dt.UTC
 REFRESH_MS = 20_000  # the run page reloads itself every 3 s; a slow machine gets several chances
-
-
-PIXELS = """(id) => {
-  const canvas = document.getElementById(id);
-  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  let drawn = 0;
-  for (let i = 3; i < data.length; i += 4) { if (data[i] > 0) drawn++; }
-  return drawn;
-}"""
 
 
 def run(status: str, start: dt.datetime, seconds: float | None, **fields: Any) -> TaskResult:
@@ -106,7 +97,7 @@ def test_the_dashboard_shows_the_figures_worked_out_from_the_runs(page: Page, li
     assert dict(sums) == {"success": 14, "failure": 7, "other": 6}, sums
     assert page.evaluate("() => Chart.getChart('bk-chart-tasks').data.labels") == [TASK]
     for chart in ("bk-chart-hours", "bk-chart-tasks"):
-        assert page.evaluate(PIXELS, chart) > 1_000, f"{chart} looks blank"
+        assert drawn_pixels(page, chart) > 1_000, f"{chart} looks blank"
 
 
 def next_cron(now: dt.datetime, zone: str, hours: set[int], minute: int, count: int) -> list[dt.datetime]:

@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 from pytest_django.live_server_helper import LiveServer
 
 from tests.admin.test_failures_trends import OTHER, TASK, run
-from tests.browser import check_legible, force_login, shot
+from tests.browser import check_legible, drawn_pixels, force_login, shot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 WIDTHS = (1440, 1024)
@@ -25,13 +25,6 @@ OVERFLOW = """(selector) => {
   const own = element.getBoundingClientRect();
   return {width: own.width, parent: box.width, right: own.right, main: main.right,
           page: document.documentElement.scrollWidth, window: window.innerWidth};
-}"""
-PIXELS = """(id) => {
-  const canvas = document.getElementById(id);
-  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  let drawn = 0;
-  for (let i = 3; i < data.length; i += 4) { if (data[i] > 0) drawn++; }
-  return drawn;
 }"""
 
 
@@ -81,14 +74,14 @@ def test_the_trends_page_draws_both_charts_within_their_boxes(page: Page, live_s
     expect(page.locator("#bk-trends")).to_have_attribute("data-drawn", "1")
     for chart in ("bk-chart-throughput", "bk-chart-duration"):
         within(page, f"#{chart}")
-        assert page.evaluate(PIXELS, chart) > 2_000, f"{chart} looks blank"
+        assert drawn_pixels(page, chart) > 2_000, f"{chart} looks blank"
         assert page.locator(f"#{chart}").bounding_box()["height"] >= 250  # type: ignore[index]
     within(page, "#result_list")
     expect(page.locator("#result_list")).to_contain_text(TASK)
     shot(page, f"trends-{width}")
     page.goto(f"{live_server.url}/admin/trends/?window=7d")
     expect(page.locator("#bk-trends")).to_have_attribute("data-drawn", "1")
-    assert page.evaluate(PIXELS, "bk-chart-duration") > 2_000
+    assert drawn_pixels(page, "bk-chart-duration") > 2_000
     shot(page, f"trends-7d-{width}")
 
 
