@@ -124,11 +124,8 @@ def table_of(task: PeriodicTask, row: slots.ScheduleRow | None = None) -> slots.
     jitter, calendars: `beat.rules`). `row`: the schedule row, if not the task's own."""
     base = slots.timetable(row or task.clocked or task.interval or task.crontab or task.solar)
     policy = getattr(task, "policy", None) if task.pk else None
-    jitter, move, found = 0.0, False, calendars.Calendars(())
-    if policy is not None:
-        jitter, move = float(policy.jitter or 0), policy.calendar_rule == "move"
-        found = calendars_of(list(policy.calendars.all()))
-    return rules.for_schedule(base, task.name, jitter=jitter, calendars=found, move=move)
+    found = calendars_of(list(policy.calendars.all())) if policy is not None else None
+    return rules.for_policy(base, task.name, policy, found)
 
 
 _CALENDARS: dict[tuple[Any, ...], calendars.Calendar] = {}

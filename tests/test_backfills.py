@@ -8,7 +8,6 @@ import json
 import uuid
 
 import pytest
-import time_machine
 from django.contrib.auth.models import User
 from django.test import override_settings
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
@@ -16,16 +15,9 @@ from django_celery_results.models import TaskResult
 
 from scheduler_app import backfills
 from scheduler_app.models import AuditEntry, Backfill, BackfillSlot, SchedulePolicy
+from tests.backfill_clock import HOUR, NOW
 
-pytestmark = pytest.mark.django_db
-NOW = dt.datetime(2025, 3, 10, 12, 0, tzinfo=dt.UTC)
-HOUR = dt.timedelta(hours=1)
-
-
-@pytest.fixture(autouse=True)
-def frozen() -> object:
-    with time_machine.travel(NOW, tick=False) as traveller:
-        yield traveller
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("backfill_clock")]
 
 
 def hourly(name: str = "hourly export") -> PeriodicTask:

@@ -87,13 +87,9 @@ class Message:
 def table_of(task: PeriodicTask, policy: SchedulePolicy | None) -> slots.Timetable:
     """The schedule's timetable with its rules, as beat's store builds it."""
     base = slots.timetable(task.clocked or task.interval or task.crontab or task.solar)
-    if policy is None:
-        return rules.for_schedule(base, task.name)
-    ids = set(policy.calendars.values_list("pk", flat=True))
-    found = load_calendars(ids) if ids else {}
-    return rules.for_schedule(base, task.name, jitter=float(policy.jitter or 0),
-                              calendars=calendars.Calendars(tuple(found.values())),
-                              move=policy.calendar_rule == "move")  # fmt: skip
+    ids = set(policy.calendars.values_list("pk", flat=True)) if policy is not None else set()
+    found = calendars.Calendars(tuple(load_calendars(ids).values())) if ids else None
+    return rules.for_policy(base, task.name, policy, found)
 
 
 class BackfillSender:

@@ -23,9 +23,13 @@ import datetime as dt
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from scheduler_app.beat import slots
 from scheduler_app.beat.calendars import Calendars, NothingAllowed
+
+if TYPE_CHECKING:
+    from scheduler_app.models import SchedulePolicy
 
 UTC = dt.UTC
 EPSILON = dt.timedelta(microseconds=1)
@@ -207,6 +211,16 @@ def for_schedule(base: slots.Timetable, name: str, *, jitter: float = 0.0, calen
     if not jitter and not calendars:
         return base
     return Ruled(base, name, float(jitter), calendars or Calendars(()), move)
+
+
+def for_policy(base: slots.Timetable, name: str, policy: SchedulePolicy | None,
+               found: Calendars | None = None) -> slots.Timetable:  # fmt: skip
+    """`for_schedule` from a schedule's policy row: its jitter and calendar rule, with
+    `found`, its calendars as beat reads them (the caller's cache decides how they are read)."""
+    if policy is None:
+        return for_schedule(base, name)
+    return for_schedule(base, name, jitter=float(policy.jitter or 0), calendars=found,
+                        move=policy.calendar_rule == "move")  # fmt: skip
 
 
 def send_at(table: slots.Timetable, slot: dt.datetime) -> dt.datetime:

@@ -7,23 +7,15 @@ import json
 from typing import Any
 
 import pytest
-import time_machine
 from django.contrib.auth.models import Permission, User
 from django.test import Client, override_settings
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from rest_framework.authtoken.models import Token
 
 from scheduler_app.models import AuditEntry, Backfill, BackfillSlot
+from tests.backfill_clock import HOUR, NOW
 
-pytestmark = pytest.mark.django_db
-NOW = dt.datetime(2025, 3, 10, 12, 0, tzinfo=dt.UTC)
-HOUR = dt.timedelta(hours=1)
-
-
-@pytest.fixture(autouse=True)
-def frozen() -> Any:
-    with time_machine.travel(NOW, tick=False) as traveller:
-        yield traveller
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("backfill_clock")]
 
 
 def client_of(user: User) -> Client:

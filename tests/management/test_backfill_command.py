@@ -3,29 +3,19 @@ backfill and says so; refused input is a CommandError (a non-zero exit) and writ
 
 from __future__ import annotations
 
-import datetime as dt
 import subprocess
 import sys
 from io import StringIO
-from typing import Any
 
 import pytest
-import time_machine
 from django.core.management import CommandError, call_command
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from scheduler_app.models import AuditEntry, Backfill
+from tests.backfill_clock import HOUR, NOW
 from tests.processes import ROOT, process_env
 
-pytestmark = pytest.mark.django_db
-NOW = dt.datetime(2025, 3, 10, 12, 0, tzinfo=dt.UTC)
-HOUR = dt.timedelta(hours=1)
-
-
-@pytest.fixture(autouse=True)
-def frozen() -> Any:
-    with time_machine.travel(NOW, tick=False) as traveller:
-        yield traveller
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("backfill_clock")]
 
 
 @pytest.fixture
