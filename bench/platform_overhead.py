@@ -4,7 +4,9 @@
 
 Same broker, same result backend (django-db with result_extended and track_started),
 same trivial body. ("platform+lock" takes the overlap lock on every run; with two
-processes some runs find it held and are recorded as SKIPPED, which counts as done.)
+processes some runs find it held and are recorded as SKIPPED, which counts as done;
+"platform+rate" counts every start against a fleet-wide rate it never reaches, so the
+cost of the rate limiter's Redis round trip shows against "platform".)
 Each round queues `runs` messages with no worker running, then starts
 a real worker and times the drain from the first start to the last finish, as recorded
 in TaskResult. Rounds alternate plain / platform / platform with overlap lock, and the
@@ -19,7 +21,12 @@ import time
 
 from bench.common import median, setup_django, start_worker
 
-VARIANTS = {"plain": "bench.plain", "platform": "bench.platform", "platform+lock": "bench.platform_locked"}
+VARIANTS = {
+    "plain": "bench.plain",
+    "platform": "bench.platform",
+    "platform+lock": "bench.platform_locked",
+    "platform+rate": "bench.platform_rated",
+}
 
 
 def drain(env: dict[str, str], task: str, runs: int, concurrency: int) -> float:
@@ -63,8 +70,9 @@ def main() -> None:
             rates[name].append(rate)
             print(f"round {round_no}: {name:<14} {rate:8.1f} runs/s")
     plain = median(rates["plain"])
-    for name in ("platform", "platform+lock"):
+    for name in ("platform", "platform+lock", "platform+rate"):
         print(f"{name} / plain throughput: {median(rates[name]) / plain:.3f} (target >= 0.85)")
+    print(f"platform+rate / platform throughput: {median(rates['platform+rate']) / median(rates['platform']):.3f}")
 
 
 if __name__ == "__main__":

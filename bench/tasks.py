@@ -29,6 +29,11 @@ def platform_locked(n: int) -> dict[str, int]:
     return {"n": n}
 
 
+@platform_task(name="bench.platform_rated", rate="1000000/s")  # counted on every start, never reached
+def platform_rated(n: int) -> dict[str, int]:
+    return {"n": n}
+
+
 @shared_task(name="bench.counted")
 def counted(n: int) -> dict[str, int]:
     count()

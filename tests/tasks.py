@@ -183,3 +183,17 @@ def database_blip(key: str) -> dict[str, Any]:
                 holder.close()
     TaskResult.objects.filter(task_id="").exists()
     return {"attempts": attempt}
+
+
+@platform_task(name="tests.rated", rate="20/10s")
+def rated(key: str) -> dict[str, Any]:
+    """Notes when its body began (the fleet-wide rate test reads the starts back)."""
+    started = time.time()
+    redis_client().rpush(f"{key}:starts", repr(started))
+    return {"started": started}
+
+
+@platform_task(name="tests.rated_slowly", rate="1/30s")
+def rated_slowly(key: str) -> dict[str, Any]:
+    redis_client().incr(f"{key}:runs")
+    return {}

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
+from scheduler_app.runs import rates
+
 Overlap = Literal["allow", "skip", "wait"]
 CatchUp = Literal["skip", "once"]
 OVERLAP_CHOICES = ("allow", "skip", "wait")
@@ -27,6 +29,7 @@ class RunPolicy:
     soft_time_limit: int | None = None
     time_limit: int | None = None
     catch_up: CatchUp = "skip"
+    rate: str = ""  # fleet-wide starts of the task, e.g. "60/m" (runs/rates.py); the task's own, never a schedule's
 
     def __post_init__(self) -> None:
         if self.overlap not in OVERLAP_CHOICES:
@@ -37,11 +40,13 @@ class RunPolicy:
             raise ValueError(f"lock_ttl must be at least 3 seconds, not {self.lock_ttl}")
         if self.soft_time_limit and self.time_limit and self.soft_time_limit >= self.time_limit:
             raise ValueError("soft_time_limit must be below time_limit, so the task can tidy up")
+        if self.rate:
+            rates.parse(self.rate)
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> RunPolicy:
         """This policy with a schedule's overrides. A hard limit set below the inherited
         soft limit brings the soft limit down to 90 % of it, so the task can still tidy up."""
-        known = {f.name for f in fields(self)}
+        known = {f.name for f in fields(self)} - {"rate"}  # one rate per task: a schedule cannot lift it
         changes = {k: v for k, v in (overrides or {}).items() if k in known and v is not None}
         hard, soft = changes.get("time_limit"), changes.get("soft_time_limit", self.soft_time_limit)
         if hard and "soft_time_limit" not in changes and soft and soft >= hard:

@@ -3,6 +3,7 @@
 - the run context (trigger, schedule, scheduled-for time, attempt and earlier attempts)
   travels in the `beatkeeper` message header and is stored with every state write
   through `request.meta` (TaskResult.meta);
+- a fleet-wide rate of the task's starts (`rate="60/m"`, runs/rates.py): over it, WAITING;
 - overlap `skip` / `wait` through the schedule's renewed Redis lock;
 - retries with exponential backoff, jitter and a cap, keeping the run's identity;
 - a result that is not JSON-serialisable fails the run with a clear error;
@@ -36,7 +37,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.json import dumps as json_dumps
 
-from scheduler_app.runs import aio, locks, states
+from scheduler_app.runs import aio, locks, rates, states
 from scheduler_app.runs.context import HEADER
 from scheduler_app.runs.policy import RunPolicy
 
@@ -110,6 +111,8 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
             self._mark(celery_states.REVOKED, {"reason": "revoked before it started"})
             raise Ignore()
         policy = self.effective_policy()
+        if policy.rate:
+            self._within_rate(policy.rate)
         with self._overlap_guard(policy):
             try:
                 result = self._body(*args, **kwargs)
@@ -158,6 +161,17 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
         else:
             reason = "the previous run still holds the lock" if policy.overlap == "skip" else "a run already waits"
             self._mark(states.SKIPPED, {"reason": reason, "holder": holder})
+        raise Ignore()
+
+    def _within_rate(self, rate: str) -> None:
+        """Count this start against the task's fleet-wide rate; over it, the run waits (WAITING,
+        sent again for when a start is free) and leaves its worker process meanwhile."""
+        verdict = rates.hit(self.name, rate)
+        if verdict.admitted:
+            return
+        self._mark(states.WAITING, {"reason": f"over the fleet-wide rate {rate} of {self.name}", "waiting_for": "rate",
+                                    "starts_in": round(verdict.retry_in, 3)})  # fmt: skip
+        self._requeue(countdown=verdict.retry_in)
         raise Ignore()
 
     def _mark(self, state: str, result: dict[str, Any]) -> None:

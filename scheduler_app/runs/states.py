@@ -6,7 +6,7 @@ from celery import states
 
 SKIPPED = "SKIPPED"  # not executed: the previous run of the schedule still held its lock
 EXPIRED = "EXPIRED"  # not executed: not started before its expiry time
-WAITING = "WAITING"  # queued behind the running run of its schedule (overlap "wait")
+WAITING = "WAITING"  # queued behind the running run of its schedule (overlap "wait"), or over its task's rate
 PROGRESS = "PROGRESS"  # running, with {percent, message} reported by the task
 
 TERMINAL_STATES = frozenset(states.READY_STATES | {SKIPPED, EXPIRED})
