@@ -31,6 +31,7 @@ SPREAD = 0.05  # seconds of jitter on a delayed run's next try, so waiters do no
 _SHORT = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
 
 
+@cache  # read on every run of a rated task: a task has one rate
 def parse(rate: str) -> limits.RateLimitItem:
     """`60/m`, `5/s`, `100/h`, `1000/d`, `10/30s`, or limits' own `60 per minute`. Raises
     ValueError naming what is allowed."""
