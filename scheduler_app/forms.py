@@ -105,7 +105,8 @@ class ScheduleForm(PeriodicTaskForm):
         listed = services.unregistered("%(value)s").replace("%", "%%").replace("%%(value)s", "%(value)s")
         task_field.error_messages["invalid_choice"] = listed[0].upper() + listed[1:]
         self.fields["cron_timezone"].widget.attrs["list"] = "beatkeeper-zones"
-        self.fields["priority"].help_text = "0 (first) to 9 (last); empty: 5."
+        if "priority" in self.fields:  # not on a read-only page (the admin leaves out its model fields)
+            self.fields["priority"].help_text = "0 (first) to 9 (last); empty: 5."
         self.schedule_row: slots.ScheduleRow | None = None
         self.warnings: list[str] = []  # accepted, but worth a word (a queue no worker reads)
         if self.instance.pk:  # bound too: what changed is judged against the schedule as it was

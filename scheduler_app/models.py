@@ -137,6 +137,8 @@ class SchedulePolicy(models.Model):
     class Meta:
         verbose_name = "schedule policy"
         verbose_name_plural = "schedule policies"
+        # Run now, pause and resume: what an Operator does to a schedule it may not edit (`roles`).
+        permissions = [("operate_schedule", "Can run now, pause and resume a schedule")]
 
     def __str__(self) -> str:
         return f"policy of {self.periodic_task.name}"

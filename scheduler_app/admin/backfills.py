@@ -178,9 +178,10 @@ class BackfillAdmin(BackfillModelAdmin):
 admin.site.register(Backfill, BackfillAdmin)
 
 
-@admin.action(description="Backfill… (one schedule: its slots between two moments)")
+@admin.action(description="Backfill… (one schedule: its slots between two moments)", permissions=["backfill"])
 def backfill_action(modeladmin: Any, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> HttpResponse | None:
-    """The schedules list's action: leads to the backfill form of the one schedule selected."""
+    """The schedules list's action: leads to the backfill form of the one schedule selected
+    (offered to whoever may backfill: `ScheduleAdmin.has_backfill_permission`)."""
     if not can_backfill(request):
         modeladmin.message_user(request, "You may not start a backfill (Can start and cancel a backfill).",
                                 messages.ERROR)  # fmt: skip

@@ -30,7 +30,7 @@ from scheduler_app.admin.audit import Audited
 from scheduler_app.admin.forms import AdminScheduleForm, ScheduleActionForm, zone_choices
 from scheduler_app.admin.insights import attach_timelines, schedule_timeline
 from scheduler_app.beat import slots
-from scheduler_app.models import BusinessCalendar, ScheduleHealth, SchedulePolicy
+from scheduler_app.models import Backfill, BusinessCalendar, ScheduleHealth, SchedulePolicy
 from scheduler_app.monitoring import alerts
 from scheduler_app.runs.policy import task_policy
 
@@ -94,6 +94,19 @@ class PolicyInline(PolicyInlineBase):
     fields = ["owner", "overlap", "catch_up", "max_retries", "retry_backoff", "retry_backoff_max", "soft_time_limit",
               "time_limit", "lock_ttl", "late_after", "alert_after_failures", "pause_after_failures", "jitter",
               "calendars", "calendar_rule"]  # fmt: skip
+
+    # A page the user may only read (a Viewer's, an Operator's) has no empty policy form to fill:
+    # Django zeroes it only after the forms are built, so the editable fields would show.
+    def get_extra(self, request: HttpRequest, obj: PeriodicTask | None = None, **kwargs: Any) -> int:
+        return self.extra if editable(request, obj) else 0
+
+    def get_max_num(self, request: HttpRequest, obj: PeriodicTask | None = None, **kwargs: Any) -> int | None:
+        return self.max_num if editable(request, obj) else 0
+
+
+def editable(request: HttpRequest, task: PeriodicTask | None) -> bool:
+    """Whether the user may change this schedule (or, for a new one, add schedules)."""
+    return bool(request.user.has_perm(f"django_celery_beat.{'change' if task else 'add'}_periodictask"))
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -231,6 +244,9 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
         return ScheduleChangeList
 
     def get_fieldsets(self, request: HttpRequest, obj: PeriodicTask | None = None) -> list[Any]:
+        if obj is not None and not editable(request, obj):  # read only: the schedule in words, not its inputs
+            return [(name, {"fields": READ_ONLY_SCHEDULE}) if name == "Schedule" else (name, options)
+                    for name, options in self.fieldsets]  # fmt: skip
         return self.fieldsets if obj else self.fieldsets[:-2]
 
     # --- columns -------------------------------------------------------------------------
@@ -379,6 +395,20 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
             "<table class='bk-runs'><tr><th>at</th><th>what</th><th>message</th><th>sent</th></tr>{}</table>", rows
         )
 
+    # --- who may do what ------------------------------------------------------------------
+    def has_operate_permission(self, request: HttpRequest, obj: PeriodicTask | None = None) -> bool:
+        """Run now, pause and resume: an Operator's, who may not change the schedule (`roles`)."""
+        return bool(request.user.has_perm(OPERATE))
+
+    def has_backfill_permission(self, request: HttpRequest, obj: PeriodicTask | None = None) -> bool:
+        return _backfills.can_backfill(request)
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, Any, set[str], Any]:
+        """A schedule's backfills (and their slots) are its own record and go with it: whoever
+        may delete the schedule may delete them, though no one deletes a backfill on its own."""
+        deleted, counts, needed, protected = super().get_deleted_objects(objs, request)
+        return deleted, counts, set(needed) - {str(Backfill._meta.verbose_name)}, protected
+
     # --- writes --------------------------------------------------------------------------
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
@@ -398,6 +428,9 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
         task = context.get("original")
         if task is not None:
             context["subtitle"] = context["bk_schedule_title"] = in_words(task)
+        # The page's buttons show only to whoever may use them (a Viewer sees none).
+        context["bk_can_operate"] = self.has_operate_permission(request, task)
+        context["bk_can_duplicate"] = self.has_add_permission(request)
         return super().render_change_form(request, context, *args, **kwargs)
 
     def response_add(
@@ -477,15 +510,15 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
             if what == "run":
                 self.warn_if_no_worker(request)
 
-    @admin.action(description="Run selected schedules now", permissions=["change"])
+    @admin.action(description="Run selected schedules now", permissions=["operate"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
         self.apply_all(request, queryset, "run", "Queued {count} run(s); they appear under Runs.")
 
-    @admin.action(description="Pause selected schedules (with the note)", permissions=["change"])
+    @admin.action(description="Pause selected schedules (with the note)", permissions=["operate"])
     def pause(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
         self.apply_all(request, queryset, "pause", "Paused {count} schedule(s).")
 
-    @admin.action(description="Resume selected schedules", permissions=["change"])
+    @admin.action(description="Resume selected schedules", permissions=["operate"])
     def resume(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
         self.apply_all(request, queryset, "resume", "Resumed {count} schedule(s).")
 
@@ -538,8 +571,8 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
 
     def button_view(self, request: HttpRequest, pk: int, what: str) -> HttpResponse:
         task = get_object_or_404(PeriodicTask, pk=pk)
-        allowed = self.has_add_permission(request) if what == "duplicate" else self.has_change_permission(request, task)
-        if what not in BUTTONS or not allowed:
+        may = self.has_add_permission(request) if what == "duplicate" else self.has_operate_permission(request, task)
+        if what not in BUTTONS or not may:
             raise PermissionDenied
         try:
             shown = self.apply(request, task, what)
@@ -552,6 +585,8 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
         return HttpResponseRedirect(reverse("admin:django_celery_beat_periodictask_change", args=[shown.pk]))
 
 
+OPERATE = "scheduler_app.operate_schedule"
+READ_ONLY_SCHEDULE = ["schedule", "zone", "start_time", "one_off", "calendar_rules"]
 SCHEDULE_FIELDS = {
     "kind",
     "cron_expression",

@@ -15,9 +15,10 @@ SCHEDULE_PERMS = {
     "create": "django_celery_beat.add_periodictask",
     "update": "django_celery_beat.change_periodictask",
     "partial_update": "django_celery_beat.change_periodictask",
-    "pause": "django_celery_beat.change_periodictask",
-    "resume": "django_celery_beat.change_periodictask",
-    "run": "django_celery_beat.change_periodictask",
+    # An Operator's (`scheduler_app.roles`): run now, pause and resume without changing the schedule.
+    "pause": "scheduler_app.operate_schedule",
+    "resume": "scheduler_app.operate_schedule",
+    "run": "scheduler_app.operate_schedule",
     "destroy": "django_celery_beat.delete_periodictask",
 }
 RUN_PERMS = {

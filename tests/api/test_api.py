@@ -114,7 +114,9 @@ def test_it_follows_model_permissions_per_action() -> None:
     assert post(client, f"/api/schedules/{task.pk}/pause/").status_code == 403
     assert post(client, "/api/schedules/", CRON).status_code == 403
     assert client.get("/api/runs/").status_code == 403
-    user.user_permissions.add(Permission.objects.get(codename="change_periodictask"))
+    user.user_permissions.add(Permission.objects.get(codename="change_periodictask"))  # editing is not operating:
+    assert post(client, f"/api/schedules/{task.pk}/pause/", {"note": "n"}).status_code == 403
+    user.user_permissions.add(Permission.objects.get(codename="operate_schedule"))
     assert post(client, f"/api/schedules/{task.pk}/pause/", {"note": "n"}).status_code == 200
 
 
