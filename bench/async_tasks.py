@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bench.common import ROOT, median, setup_django, start_worker
+from bench.common import median, setup_django, start_recorder, start_worker
 
 VARIANTS = {"sync": "bench.fan_out_sync", "async": "bench.fan_out_async"}
 EMPTY = {"sync": "bench.empty_sync", "async": "bench.empty_async"}
@@ -93,8 +91,7 @@ def main() -> None:
     server = slow_server(args.delay)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     worker = start_worker(env, args.concurrency)
-    recorder = subprocess.Popen([sys.executable, "manage.py", "record_runs"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    recorder = start_recorder(env)
     walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
     durations: dict[str, list[float]] = {v: [] for v in VARIANTS}
     empty: dict[str, list[float]] = {v: [] for v in EMPTY}

@@ -69,5 +69,11 @@ def start_worker(env: dict[str, str], concurrency: int) -> subprocess.Popen[byte
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def start_recorder(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`manage.py record_runs`: writes the runs' states from Redis to TaskResult."""
+    argv = [sys.executable, "manage.py", "record_runs"]
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)

@@ -34,6 +34,11 @@ def platform_rated(n: int) -> dict[str, int]:
     return {"n": n}
 
 
+@platform_task(name="bench.platform_pooled", pool="bench")  # a slot of a pool never full (bench/platform_overhead)
+def platform_pooled(n: int) -> dict[str, int]:
+    return {"n": n}
+
+
 @shared_task(name="bench.counted")
 def counted(n: int) -> dict[str, int]:
     count()

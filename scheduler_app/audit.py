@@ -17,9 +17,11 @@ from django.db import models
 from django_celery_beat.models import PeriodicTask
 
 from scheduler_app import limits, schedules
-from scheduler_app.models import POLICY_FIELDS, AuditEntry
+from scheduler_app.models import POLICY_FIELDS, AuditEntry, ScheduleVersion
 
 DOORS = (("api", "API"), ("admin", "admin"), ("command", "command"))
+# The writes to a schedule that keep a version of it (ScheduleVersion): every door records these.
+VERSIONED = frozenset({"create", "update", "pause", "resume", "duplicate", "restore"})
 POLICY_AUDITED = (*POLICY_FIELDS, "late_after", "alert_after_failures", "pause_after_failures")
 MESSAGE_AUDITED = ("queue", "priority", "expires", "expire_seconds", "start_time", "one_off")
 
@@ -27,7 +29,7 @@ MESSAGE_AUDITED = ("queue", "priority", "expires", "expire_seconds", "start_time
 def record(actor: Any, action: str, obj: models.Model | None, *, object_type: str = "", object_id: str = "",
            changes: dict[str, Any] | None = None, via: str = "api") -> AuditEntry:  # fmt: skip
     user = actor if getattr(actor, "is_authenticated", False) else None
-    return AuditEntry.objects.create(
+    entry = AuditEntry.objects.create(
         actor=user,
         actor_name=user.get_username() if user else "system",
         via=via,
@@ -38,6 +40,59 @@ def record(actor: Any, action: str, obj: models.Model | None, *, object_type: st
         object_repr=str(obj)[:200].replace(limits.NUL, limits.SHOWN_NUL) if obj is not None else "",
         changes=storable(changes or {}),
     )
+    if isinstance(obj, PeriodicTask) and action in VERSIONED and obj.pk is not None:
+        keep_version(obj, entry, restored_from=(changes or {}).get("restored_from"))
+    return entry
+
+
+def keep_version(task: PeriodicTask, entry: AuditEntry, *, restored_from: int | None = None) -> ScheduleVersion | None:
+    """A version of the schedule as the write left it, numbered after the last one; none when
+    nothing changed since (a pause of a paused schedule)."""
+    locked = PeriodicTask.objects.select_for_update().filter(pk=task.pk).first()  # one number per write
+    if locked is None:
+        return None
+    after = storable(snapshot(locked))
+    last = ScheduleVersion.objects.filter(periodic_task=locked).order_by("-number").first()
+    if last is None:
+        last = _as_found(locked, entry, after)
+    if last is not None and last.snapshot == after:
+        return None
+    return ScheduleVersion.objects.create(
+        periodic_task=locked, schedule_name=locked.name[:200], number=last.number + 1 if last else 1,
+        actor=entry.actor, actor_name=entry.actor_name, via=entry.via, action=entry.action, audit_entry=entry,
+        restored_from=restored_from, snapshot=after, changes=diff(flat(last.snapshot), flat(after)) if last else {},
+    )  # fmt: skip
+
+
+def _as_found(task: PeriodicTask, entry: AuditEntry, after: dict[str, Any]) -> ScheduleVersion | None:
+    """A schedule made before versions were kept, at its first recorded change: version 1 is
+    the schedule as it was found (what the change's diff says it was), so the change itself
+    shows what it changed and the schedule can be put back as it was."""
+    if entry.action == "update":
+        olds = {key: value[0] for key, value in entry.changes.items()
+                if key in after and isinstance(value, list) and len(value) == 2}  # fmt: skip
+    elif entry.action in ("pause", "resume"):
+        olds = {"enabled": entry.action == "pause"}
+    else:
+        return None
+    before = {**after, **olds}
+    if before == after:
+        return None
+    return ScheduleVersion.objects.create(
+        periodic_task=task, schedule_name=str(before.get("name") or task.name)[:200], number=1, actor_name="system",
+        via=entry.via, action="as found", snapshot=before,
+    )  # fmt: skip
+
+
+def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A snapshot with its schedule and policy spread out: {"schedule.minute": "30", ...}."""
+    spread: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("schedule", "policy") and not prefix and isinstance(value, dict):
+            spread |= flat(value, f"{key}.")
+        else:
+            spread[prefix + key] = value
+    return spread
 
 
 def storable(changes: dict[str, Any]) -> Any:
@@ -92,7 +147,7 @@ def policy_fields(task: PeriodicTask) -> dict[str, Any]:
     fields = {key: _plain(getattr(policy, key)) for key in POLICY_AUDITED}
     calendars = sorted(policy.calendars.values_list("name", flat=True)) if policy.pk else []
     return {**fields, "owner": policy.owner.get_username() if policy.owner else None, "jitter": policy.jitter,
-            "calendars": calendars, "calendar_rule": policy.calendar_rule}  # fmt: skip
+            "calendars": calendars, "calendar_rule": policy.calendar_rule, "pool": policy.pool_id}  # fmt: skip
 
 
 def _loaded(text: str | None) -> Any:

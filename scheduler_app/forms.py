@@ -25,7 +25,15 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 
 from scheduler_app import limits, schedules, services, signatures
 from scheduler_app.beat import calendars, hashing, rules, slots
-from scheduler_app.models import MAX_JITTER_SECONDS, WEEKDAYS, BusinessCalendar, CalendarExclusion, SchedulePolicy
+from scheduler_app.models import (
+    MAX_JITTER_SECONDS,
+    WEEKDAYS,
+    BusinessCalendar,
+    CalendarExclusion,
+    Pool,
+    SchedulePolicy,
+)
+from scheduler_app.runs import rates
 
 KINDS = [("crontab", "crontab"), ("interval", "interval"), ("clocked", "one-off (at a moment)"), ("solar", "solar")]
 CRON_FIELDS = {
@@ -48,8 +56,9 @@ if TYPE_CHECKING:  # Django's classes take no type arguments at run time (no dja
     PeriodicTaskForm = forms.ModelForm[PeriodicTask]
     CalendarModelForm = forms.ModelForm[BusinessCalendar]
     ExclusionModelForm = forms.ModelForm[CalendarExclusion]
+    PoolModelForm = forms.ModelForm[Pool]
 else:
-    PeriodicTaskForm = CalendarModelForm = ExclusionModelForm = forms.ModelForm
+    PeriodicTaskForm = CalendarModelForm = ExclusionModelForm = PoolModelForm = forms.ModelForm
 
 
 @cache
@@ -582,3 +591,31 @@ def shared_row(row: slots.ScheduleRow | None) -> slots.ScheduleRow:
         return existing
     row.save()
     return row
+
+
+class PoolForm(PoolModelForm):
+    """A concurrency pool, shared by the admin and the API: a name of letters, digits, `_`,
+    `.` and `-` that never changes once made (schedules join a pool by its name), a size of
+    1 to 10000, a lease of 3 s to a day, and a rate in the forms `runs/rates.py` reads."""
+
+    class Meta:
+        model = Pool
+        fields = ["name", "size", "lease", "rate", "description"]
+
+    def clean_name(self) -> str:
+        name = str(self.cleaned_data.get("name") or "").strip()
+        if self.instance.pk and name != self.instance.name:
+            raise ValidationError(
+                f"A pool's name cannot change (schedules join it by name): keep {self.instance.name!r}, "
+                "or make a new pool and move the schedules to it."
+            )
+        return name
+
+    def clean_rate(self) -> str:
+        rate = str(self.cleaned_data.get("rate") or "").strip()
+        if rate:
+            try:
+                rates.parse(rate)
+            except ValueError as exc:
+                raise ValidationError(f"{str(exc)[0].upper()}{str(exc)[1:]}; empty: no rate.") from None
+        return rate

@@ -13,11 +13,12 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models, transaction
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 from django_celery_results.models import TaskResult
 
+from scheduler_app.runs import pools, rates
 from scheduler_app.runs.policy import CATCH_UP_CHOICES, OVERLAP_CHOICES, task_policy
 
 MAX_JITTER_SECONDS = 86_400
@@ -32,7 +33,67 @@ POLICY_FIELDS = (
     "soft_time_limit",
     "time_limit",
     "catch_up",
+    "pool_full",
 )
+
+
+POOL_NAME = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+    "A pool's name is letters, digits, '_', '.' and '-', starting with a letter or digit (e.g. exports).",
+)
+
+
+class Pool(models.Model):
+    """A concurrency pool: at most `size` runs of it at once across every worker of the fleet
+    (`runs.pools`). A task joins one by default (`platform_task(pool=...)`), a schedule by its
+    policy. Saving publishes it to Redis, where the workers read it."""
+
+    name = models.CharField(max_length=100, unique=True, validators=[POOL_NAME],
+                            help_text="Letters, digits, '_', '.' and '-'; it cannot change once made.")  # fmt: skip
+    size = models.PositiveIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(10_000)], help_text="Runs of the pool at once, 1 to 10000."
+    )
+    lease = models.PositiveIntegerField(
+        default=60, validators=[MinValueValidator(3), MaxValueValidator(86_400)],
+        help_text="Seconds a slot outlives a run that stopped renewing it (its worker died); 3 to 86400. "
+        "A live run renews its slot every third of this.",
+    )  # fmt: skip
+    rate = models.CharField(
+        max_length=40, blank=True,
+        help_text="Fleet-wide starts of the pool's runs, e.g. 60/m, 5/s, 100/h, 1000/d or 10/30s; empty: none.",
+    )  # fmt: skip
+    description = models.CharField(max_length=500, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)
+        spec = self.spec()
+        transaction.on_commit(lambda: pools.publish(spec), using=kwargs.get("using"))
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        name = self.name
+        deleted = super().delete(*args, **kwargs)
+        transaction.on_commit(lambda: pools.forget(name), using=kwargs.get("using"))
+        return deleted
+
+    def clean(self) -> None:
+        if self.pk and Pool.objects.filter(pk=self.pk).exclude(name=self.name).exists():
+            raise ValidationError({"name": "A pool's name cannot change (schedules join it by name); "
+                                           "make a new pool and move the schedules to it."})  # fmt: skip
+        if self.rate:
+            try:
+                rates.parse(self.rate)
+            except ValueError as exc:
+                raise ValidationError({"rate": str(exc)}) from None
+
+    def spec(self) -> pools.PoolSpec:
+        return pools.PoolSpec(self.name, self.size, self.lease, self.rate)
 
 
 class SchedulePolicy(models.Model):
@@ -132,6 +193,16 @@ class SchedulePolicy(models.Model):
         choices=[(c, c) for c in CALENDAR_RULES],
         help_text="A slot in an excluded time: skip it (the default), or move it to the next allowed moment.",
     )
+    pool = models.ForeignKey(
+        Pool, to_field="name", db_column="pool", on_delete=models.PROTECT, null=True, blank=True,
+        related_name="policies",
+        help_text="The concurrency pool whose slot each run takes; empty: the task's own (if any).",
+    )  # fmt: skip
+    pool_full = models.CharField(
+        "when the pool is full",
+        max_length=8, blank=True, choices=[(c, c) for c in pools.POOL_FULL_CHOICES],
+        help_text="The pool has no free slot: wait in line (the default) or skip the run.",
+    )  # fmt: skip
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -156,6 +227,7 @@ class SchedulePolicy(models.Model):
     def overrides(self) -> dict[str, Any]:
         """The fields set on this schedule; the task's defaults apply to the rest."""
         values = {name: getattr(self, name) for name in POLICY_FIELDS}
+        values["pool"] = self.pool_id  # the pool's name (the key it is joined on)
         return {name: value for name, value in values.items() if value not in (None, "")}
 
 
@@ -388,3 +460,33 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor_name or 'system'} {self.action} {self.object_type} {self.object_id}"
+
+
+class ScheduleVersion(models.Model):
+    """A schedule and its policy whole, as one write through any door left them (written by
+    `audit.record`), with who, when, through which door and what changed since the version
+    before ({"schedule.minute": [old, new], ...}). Kept after the schedule is deleted."""
+
+    periodic_task = models.ForeignKey(
+        PeriodicTask, on_delete=models.SET_NULL, null=True, blank=True, related_name="versions"
+    )
+    schedule_name = models.CharField(max_length=200, help_text="The schedule's name in this version.")
+    number = models.PositiveIntegerField(help_text="1 for the schedule's first version, then one more each time.")
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    actor_name = models.CharField(max_length=150, blank=True)
+    via = models.CharField(max_length=10, default="api")
+    action = models.CharField(max_length=20)
+    audit_entry = models.ForeignKey(AuditEntry, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    restored_from = models.PositiveIntegerField(null=True, blank=True)
+    snapshot: models.JSONField[dict[str, Any], dict[str, Any]] = models.JSONField(default=dict)
+    changes: models.JSONField[dict[str, Any], dict[str, Any]] = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["periodic_task", "number"], name="bk_version_number_per_schedule")
+        ]
+
+    def __str__(self) -> str:
+        return f"version {self.number} of {self.schedule_name}"

@@ -5,16 +5,16 @@
   and resume a schedule", not "change"), retries and revokes runs (so retries and discards dead
   letters, retries and dismisses failures), starts and cancels backfills.
 - Editor: the Operator's, and creates, edits and deletes schedules (django-celery-beat's
-  periodic tasks and their crontab, interval, solar and clocked rows, the schedules' policies)
-  and business calendars with their dates.
+  periodic tasks and their crontab, interval, solar and clocked rows, the schedules' policies),
+  business calendars with their dates, and concurrency pools.
 
 Purging a queue and controlling workers are in no role: they stay with superusers and
 whoever is given them one by one. Superusers hold every permission whatever their role.
 
-A permission named here that does not exist (a model not built yet, as pools) is skipped, so
-the definitions may name what comes later. `sync_roles` keeps the three groups exactly so:
-the migration that made them calls it with its historical models, `seed_default_tasks` with
-the real ones."""
+A permission named here that does not exist (in a migration's historical state, a model made
+by a later migration) is skipped; the migration that makes the model syncs the roles again.
+`sync_roles` keeps the three groups exactly so: the migrations call it with their historical
+models, `seed_default_tasks` with the real ones."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ SCHEDULE_MODELS = (
     ("scheduler_app", "schedulepolicy"),
 )
 CALENDAR_MODELS = (("scheduler_app", "businesscalendar"), ("scheduler_app", "calendarexclusion"))
-LATER_MODELS = (("scheduler_app", "pool"),)  # not built yet: skipped until they are
-EDITED = (*SCHEDULE_MODELS, *CALENDAR_MODELS, *LATER_MODELS)
+POOL_MODELS = (("scheduler_app", "pool"),)
+EDITED = (*SCHEDULE_MODELS, *CALENDAR_MODELS, *POOL_MODELS)
 SEEN = (*EDITED, ("scheduler_app", "run"), ("scheduler_app", "backfill"), ("scheduler_app", "auditentry"))
 
 VIEWER_PERMS = frozenset(f"{app}.view_{model}" for app, model in SEEN)
@@ -110,10 +110,6 @@ def _held(group: Any) -> list[tuple[str, int]]:
 
 
 def group_of(role: str) -> Any:
-    """The role's group, created with its permissions if it is missing."""
-    Group = global_apps.get_model("auth", "Group")
-    group = Group.objects.filter(name=role).first()
-    if group is None:
-        sync_roles()
-        group = Group.objects.get(name=role)
-    return group
+    """The role's group, holding exactly its permissions (made or put right first)."""
+    sync_roles()
+    return global_apps.get_model("auth", "Group").objects.get(name=role)

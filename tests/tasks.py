@@ -197,3 +197,19 @@ def rated(key: str) -> dict[str, Any]:
 def rated_slowly(key: str) -> dict[str, Any]:
     redis_client().incr(f"{key}:runs")
     return {}
+
+
+@platform_task(name="tests.pooled")
+def pooled(key: str, seconds: float = 0.5) -> dict[str, Any]:
+    """Holds its pool's slot (the header's policy names the pool) for `seconds`, and returns
+    when its body began and ended (the pool tests read them back from the recorded runs)."""
+    began = time.time()
+    redis_client().rpush(f"{key}:began", repr(began))
+    time.sleep(seconds)
+    return {"began": began, "ended": time.time()}
+
+
+@platform_task(name="tests.pooled_by_default", pool="tests-exports")
+def pooled_by_default(key: str) -> dict[str, Any]:
+    redis_client().incr(f"{key}:runs")
+    return {}

@@ -16,6 +16,7 @@ from rest_framework.authtoken.models import TokenProxy
 from scheduler_app.admin import (
     audit,  # noqa: F401  (registers the audit log)
     calendars,  # noqa: F401  (registers the business calendars)
+    pools,  # noqa: F401  (registers the concurrency pools)
 )
 from scheduler_app.admin.runs import RunAdmin
 from scheduler_app.admin.schedules import ScheduleAdmin

@@ -74,7 +74,13 @@ class BackfillAdmin(BackfillModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Backfill | None = None) -> bool:
-        return False
+        """Never on its own (no delete page, no bulk delete); but a backfill is its schedule's own
+        record, so whoever may delete schedules may delete one with it (the schedule, or the
+        crontab / interval / solar / clocked row under it: Django asks this of each cascaded row)."""
+        return obj is not None and bool(request.user.has_perm("django_celery_beat.delete_periodictask"))
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> Any:
+        raise PermissionDenied  # with its schedule only (has_delete_permission)
 
     @admin.display(description="state", ordering="state")
     def shown_state(self, backfill: Backfill) -> str:

@@ -4,16 +4,19 @@ goes through `scheduler_app.services`, so beat's change log sees it."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, QuerySet, Subquery, prefetch_related_objects
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import conditional_escape, format_html, format_html_join
@@ -23,14 +26,14 @@ from django.views.decorators.http import require_POST
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
-from scheduler_app import audit, limits, schedules, selectors, services
+from scheduler_app import audit, limits, schedules, selectors, services, versions
 from scheduler_app import forms as shared
 from scheduler_app.admin import display
 from scheduler_app.admin.audit import Audited
 from scheduler_app.admin.forms import AdminScheduleForm, ScheduleActionForm, zone_choices
 from scheduler_app.admin.insights import attach_timelines, schedule_timeline
 from scheduler_app.beat import slots
-from scheduler_app.models import Backfill, BusinessCalendar, ScheduleHealth, SchedulePolicy
+from scheduler_app.models import BusinessCalendar, ScheduleHealth, SchedulePolicy, ScheduleVersion
 from scheduler_app.monitoring import alerts
 from scheduler_app.runs.policy import task_policy
 
@@ -90,15 +93,21 @@ class PolicyInline(PolicyInlineBase):
     max_num = 1
     verbose_name = "policy and owner"
     verbose_name_plural = "policy and owner"
-    autocomplete_fields = ["owner"]
+    # The owner is picked from a plain list: Django's autocomplete asks for the permission to
+    # view users, which an Editor (scheduler_app.roles) does not hold.
     fields = ["owner", "overlap", "catch_up", "max_retries", "retry_backoff", "retry_backoff_max", "soft_time_limit",
               "time_limit", "lock_ttl", "late_after", "alert_after_failures", "pause_after_failures", "jitter",
-              "calendars", "calendar_rule"]  # fmt: skip
+              "calendars", "calendar_rule", "pool", "pool_full"]  # fmt: skip
 
     # A page the user may only read (a Viewer's, an Operator's) has no empty policy form to fill:
     # Django zeroes it only after the forms are built, so the editable fields would show.
     def get_extra(self, request: HttpRequest, obj: PeriodicTask | None = None, **kwargs: Any) -> int:
         return self.extra if editable(request, obj) else 0
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "owner":  # who may answer for a schedule: an active user, by name
+            kwargs["queryset"] = get_user_model().objects.filter(is_active=True).order_by("username")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_max_num(self, request: HttpRequest, obj: PeriodicTask | None = None, **kwargs: Any) -> int | None:
         return self.max_num if editable(request, obj) else 0
@@ -212,8 +221,8 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
     search_fields = ["name", "task", "description"]
     ordering = ["name"]
     actions = ["run_now", "pause", "resume", "duplicate"]
-    readonly_fields = ["timeline", "pause_state", "last_runs", "incidents", "total_run_count", "last_run_at",
-                       "date_changed", "calendar_rules"]  # fmt: skip
+    readonly_fields = ["timeline", "pause_state", "last_runs", "incidents", "versions", "total_run_count",
+                       "last_run_at", "date_changed", "calendar_rules"]  # fmt: skip
     change_form_template = "beatkeeper/schedule_change_form.html"
     fieldsets = [
         (None, {"fields": ["name", "task", "description", "enabled", "pause_state"]}),
@@ -238,7 +247,9 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
         ("Message options", {"fields": ["queue", "priority", "expires", "expire_seconds", "headers"]}),
         ("Recent runs", {"fields": ["timeline", "last_runs", "last_run_at", "total_run_count", "date_changed"]}),
         ("Incidents (late, failing, recovered)", {"fields": ["incidents"]}),
+        ("Versions", {"fields": ["versions"]}),
     ]
+    LATER = ("Recent runs", "Incidents (late, failing, recovered)", "Versions")  # once it exists
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return ScheduleChangeList
@@ -247,7 +258,9 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
         if obj is not None and not editable(request, obj):  # read only: the schedule in words, not its inputs
             return [(name, {"fields": READ_ONLY_SCHEDULE}) if name == "Schedule" else (name, options)
                     for name, options in self.fieldsets]  # fmt: skip
-        return self.fieldsets if obj else self.fieldsets[:-2]
+        return (
+            self.fieldsets if obj else [(name, options) for name, options in self.fieldsets if name not in self.LATER]
+        )
 
     # --- columns -------------------------------------------------------------------------
     @admin.display(description="name / task", ordering="name")
@@ -395,6 +408,57 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
             "<table class='bk-runs'><tr><th>at</th><th>what</th><th>message</th><th>sent</th></tr>{}</table>", rows
         )
 
+    @admin.display(description="versions")
+    def versions(self, task: PeriodicTask) -> str:
+        """Every version, newest first: who, when, through which door, what changed; each one
+        opens to be compared with today's and restored."""
+        found = versions.of(task)
+        if not found:
+            return "None yet: the next change through any door keeps one."
+        row = "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{} ({})</td><td>{}</td><td>{}</td></tr>"
+        rows = format_html_join("", row, (
+            (reverse("admin:scheduler_app_schedule_version", args=[task.pk, v.number]), v.number,
+             v.at.strftime("%Y-%m-%d %H:%M:%S %Z"), v.actor_name, v.via,
+             v.action + (f" of version {v.restored_from}" if v.restored_from else ""), changed_fields(v))
+            for v in found))  # fmt: skip
+        return format_html(
+            "<table class='bk-versions' id='bk-versions'><thead><tr><th>#</th><th>at</th><th>by (door)</th>"
+            "<th>what</th><th>fields changed</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    def version_view(self, request: HttpRequest, pk: int, number: int) -> HttpResponse:
+        """A version whole, beside today's schedule; restoring it is one button (POST)."""
+        task = get_object_or_404(PeriodicTask, pk=pk)
+        if not self.has_view_permission(request, task):
+            raise PermissionDenied
+        version = versions.get(task, number)
+        if version is None:
+            raise Http404(f"The schedule has no version {number}.")
+        differences = [
+            (d.field, versions.shown(d.then), versions.shown(d.now)) for d in versions.compare(version, task)
+        ]
+        context = {**self.admin_site.each_context(request), "title": f"Version {number} of {task.name}",
+                   "opts": self.opts, "original": task, "version": version, "differences": differences,
+                   "snapshot": json.dumps(version.snapshot, indent=2, sort_keys=True),
+                   "can_restore": self.has_change_permission(request, task) and bool(differences)}  # fmt: skip
+        return TemplateResponse(request, "beatkeeper/schedule_version.html", context)
+
+    def restore_view(self, request: HttpRequest, pk: int, number: int) -> HttpResponse:
+        task = get_object_or_404(PeriodicTask, pk=pk)
+        if not self.has_change_permission(request, task):
+            raise PermissionDenied
+        version = versions.get(task, number)
+        if version is None:
+            raise Http404(f"The schedule has no version {number}.")
+        try:
+            versions.restore(task, version, by=request.user, via="admin")
+        except versions.RestoreRefused as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:scheduler_app_schedule_version", args=[pk, number]))
+        self.message_user(request, f"Restored version {number}; the restore is itself a new version.")
+        return HttpResponseRedirect(reverse("admin:django_celery_beat_periodictask_change", args=[pk]))
+
     # --- who may do what ------------------------------------------------------------------
     def has_operate_permission(self, request: HttpRequest, obj: PeriodicTask | None = None) -> bool:
         """Run now, pause and resume: an Operator's, who may not change the schedule (`roles`)."""
@@ -402,12 +466,6 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
 
     def has_backfill_permission(self, request: HttpRequest, obj: PeriodicTask | None = None) -> bool:
         return _backfills.can_backfill(request)
-
-    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, Any, set[str], Any]:
-        """A schedule's backfills (and their slots) are its own record and go with it: whoever
-        may delete the schedule may delete them, though no one deletes a backfill on its own."""
-        deleted, counts, needed, protected = super().get_deleted_objects(objs, request)
-        return deleted, counts, set(needed) - {str(Backfill._meta.verbose_name)}, protected
 
     # --- writes --------------------------------------------------------------------------
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
@@ -532,6 +590,12 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
         return [
             path("preview/", view(self.preview_view), name="scheduler_app_schedule_preview"),
             path("<int:pk>/do/<str:what>/", view(require_POST(self.button_view)), name="scheduler_app_schedule_do"),
+            path("<int:pk>/versions/<int:number>/", view(self.version_view), name="scheduler_app_schedule_version"),
+            path(
+                "<int:pk>/versions/<int:number>/restore/",
+                view(require_POST(self.restore_view)),
+                name="scheduler_app_schedule_restore",
+            ),  # fmt: skip
             *super().get_urls(),
         ]
 
@@ -583,6 +647,13 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
             shown = task
             self.message_user(request, str(exc), messages.ERROR)
         return HttpResponseRedirect(reverse("admin:django_celery_beat_periodictask_change", args=[shown.pk]))
+
+
+def changed_fields(version: ScheduleVersion) -> str:
+    fields = sorted(version.changes)
+    if not fields:
+        return "–" if version.number > 1 else "first version kept"
+    return ", ".join(fields[:6]) + (f" and {len(fields) - 6} more" if len(fields) > 6 else "")
 
 
 OPERATE = "scheduler_app.operate_schedule"

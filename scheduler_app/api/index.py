@@ -25,6 +25,10 @@ ENDPOINTS = {
         "calendar-list",
         "Business calendars: list, create; /<id>/ read, change (dates replaced when sent), delete.",
     ),
+    "pools": (
+        "pool-list",
+        "Concurrency pools: list, create; /<name>/ read with its slots now (holders, waiting), change, delete.",
+    ),
     "backfills": (
         "backfill-list",
         "Backfills, newest first; /<id>/ read with its slots, cancel. Start one with "

@@ -12,6 +12,9 @@ SCHEDULE_PERMS = {
     "retrieve": "django_celery_beat.view_periodictask",
     "next_runs": "django_celery_beat.view_periodictask",
     "incidents": "django_celery_beat.view_periodictask",
+    "versions": "django_celery_beat.view_periodictask",
+    "version": "django_celery_beat.view_periodictask",
+    "restore": "django_celery_beat.change_periodictask",  # a restore is an edit: the Editor's
     "create": "django_celery_beat.add_periodictask",
     "update": "django_celery_beat.change_periodictask",
     "partial_update": "django_celery_beat.change_periodictask",

@@ -18,8 +18,9 @@ from rest_framework import serializers
 
 from scheduler_app import forms, limits, schedules, selectors, services
 from scheduler_app.forms import KIND_FIELDS, KINDS, ScheduleForm, initial_schedule
-from scheduler_app.models import CALENDAR_RULES, POLICY_FIELDS, BusinessCalendar, Run, SchedulePolicy
+from scheduler_app.models import CALENDAR_RULES, POLICY_FIELDS, BusinessCalendar, Pool, Run, SchedulePolicy
 from scheduler_app.runs import history, states
+from scheduler_app.runs.pools import POOL_FULL_CHOICES
 
 POLICY_API_FIELDS = (*POLICY_FIELDS, "late_after", "alert_after_failures", "pause_after_failures")
 MESSAGE_FIELDS = ("queue", "priority", "expires", "expire_seconds", "start_time", "one_off")
@@ -49,6 +50,16 @@ def check_json(field: str, value: Any, max_bytes: int = limits.MAX_JSON_BYTES) -
     return value
 
 
+class PoolName(serializers.SlugRelatedField[Pool]):
+    """A pool by its name, read from the policy's own column (no query per schedule listed)."""
+
+    def get_attribute(self, instance: Any) -> Any:
+        return instance.pool_id
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
 class PolicySerializer(serializers.ModelSerializer[SchedulePolicy]):
     owner = serializers.SlugRelatedField(
         slug_field="username", queryset=get_user_model().objects.all(), required=False, allow_null=True
@@ -69,9 +80,18 @@ class PolicySerializer(serializers.ModelSerializer[SchedulePolicy]):
         help_text="A slot in an excluded time: skip (the default, also \"\") or move it to the next allowed moment.",
     )  # fmt: skip
 
+    pool = PoolName(
+        slug_field="name", queryset=Pool.objects.all(), required=False, allow_null=True,
+        help_text="The concurrency pool whose slot each run takes (GET /api/pools/); null: the task's own, if any.",
+    )  # fmt: skip
+    pool_full = serializers.ChoiceField(
+        choices=["", *POOL_FULL_CHOICES], required=False, allow_blank=True,
+        help_text="The pool has no free slot: wait in line (the default, also \"\") or skip the run.",
+    )  # fmt: skip
+
     class Meta:
         model = SchedulePolicy
-        fields = [*POLICY_API_FIELDS, "owner", "jitter", "calendars", "calendar_rule"]
+        fields = [*POLICY_API_FIELDS, "owner", "jitter", "calendars", "calendar_rule", "pool"]
 
     def to_internal_value(self, data: Any) -> Any:
         refuse_unknown(self, data)
@@ -219,6 +239,7 @@ def save_policy(task: PeriodicTask, values: dict[str, Any] | None) -> None:
     policy.save()
     if attached is not None:
         policy.calendars.set(attached)
+    task.policy = policy  # the answer shows the policy as saved, not the one read while validating
 
 
 class ScheduleSerializer(serializers.ModelSerializer[PeriodicTask]):
@@ -338,8 +359,14 @@ class PauseSerializer(serializers.Serializer[dict[str, Any]]):
 
 
 class RunNowSerializer(serializers.Serializer[dict[str, Any]]):
-    args = serializers.ListField(required=False, child=serializers.JSONField(), help_text="Replaces the schedule's.")
-    kwargs = serializers.DictField(required=False, child=serializers.JSONField(), help_text="Replaces the schedule's.")
+    args = serializers.ListField(
+        required=False, child=serializers.JSONField(),
+        help_text="Replaces the schedule's for this run; needs the permission to change the schedule.",
+    )  # fmt: skip
+    kwargs = serializers.DictField(
+        required=False, child=serializers.JSONField(),
+        help_text="Replaces the schedule's for this run; needs the permission to change the schedule.",
+    )  # fmt: skip
 
     def to_internal_value(self, data: Any) -> Any:
         refuse_unknown(self, data)

@@ -13,6 +13,7 @@ from scheduler_app.api.backfills import BackfillViewSet, ScheduleBackfill
 from scheduler_app.api.calendars import CalendarViewSet
 from scheduler_app.api.deadletters import DeadLetterViewSet
 from scheduler_app.api.index import ApiIndex, docs_view
+from scheduler_app.api.pools import PoolViewSet
 from scheduler_app.api.stats import Stats
 from scheduler_app.api.views import RunViewSet, ScheduleViewSet, TaskList, not_found
 
@@ -23,6 +24,7 @@ router.register("runs", RunViewSet, basename="run")
 router.register("dead-letters", DeadLetterViewSet, basename="dead-letter")
 router.register("backfills", BackfillViewSet, basename="backfill")
 router.register("calendars", CalendarViewSet, basename="calendar")
+router.register("pools", PoolViewSet, basename="pool")
 
 urlpatterns = [
     path("", ApiIndex.as_view(), name="api-index"),

@@ -18,16 +18,17 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from redis.exceptions import RedisError
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from scheduler_app import audit, catalog, forms, schedules, selectors, services
+from scheduler_app import audit, catalog, forms, schedules, selectors, services, versions
 from scheduler_app.api import params
 from scheduler_app.api import serializers as api
 from scheduler_app.api.permissions import RUN_PERMS, SCHEDULE_PERMS, StaffWithModelPermission
+from scheduler_app.api.versions import VersionDetailSerializer, VersionSerializer
 from scheduler_app.beat import slots
 from scheduler_app.models import Run, ScheduleHealth
 from scheduler_app.monitoring import alerts
@@ -180,6 +181,40 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
         audit.record(request.user, "resume", task)
         return Response(api.ScheduleSerializer(self.get_object()).data)
 
+    @extend_schema(responses=VersionSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def versions(self, request: Request, pk: str | None = None) -> Response:
+        """The schedule's versions, newest first: who, when, through which door, what changed."""
+        task = self.get_object()
+        return Response(VersionSerializer(versions.of(task), many=True).data)
+
+    @extend_schema(responses=VersionDetailSerializer, operation_id="schedules_version_retrieve")
+    @action(detail=True, methods=["get"], url_path=r"versions/(?P<number>\d+)", url_name="version")
+    def version(self, request: Request, pk: str | None = None, number: str = "") -> Response:
+        """One version whole (`snapshot`), and how today's schedule differs from it (`differs_now`)."""
+        task = self.get_object()
+        found = versions.get(task, int(number))
+        if found is None:
+            raise NotFound(f"The schedule has no version {number}; GET its versions/ for the ones it has.")
+        data = VersionDetailSerializer(found).data
+        data["differs_now"] = [{"field": d.field, "then": d.then, "now": d.now} for d in versions.compare(found, task)]
+        return Response(data)
+
+    @extend_schema(request=None, responses=api.ScheduleSerializer, operation_id="schedules_version_restore")
+    @action(detail=True, methods=["post"], url_path=r"versions/(?P<number>\d+)/restore", url_name="version-restore")
+    def restore(self, request: Request, pk: str | None = None, number: str = "") -> Response:
+        """Put that version's schedule and policy back (itself a new version). 409, saying why, if
+        it cannot be: a calendar, pool or owner gone, its name taken, its task no longer registered."""
+        task = self.get_object()
+        found = versions.get(task, int(number))
+        if found is None:
+            raise NotFound(f"The schedule has no version {number}; GET its versions/ for the ones it has.")
+        try:
+            versions.restore(task, found, by=request.user, via="api")
+        except versions.RestoreRefused as exc:
+            raise Conflict(str(exc)) from None
+        return Response(api.ScheduleSerializer(self.get_object()).data)
+
     @extend_schema(request=api.RunNowSerializer, responses={202: api.RunCreatedSerializer})
     @action(detail=True, methods=["post"])
     def run(self, request: Request, pk: str | None = None) -> Response:
@@ -187,6 +222,12 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
         task = self.get_object()
         body = api.RunNowSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        given = sorted(field for field in ("args", "kwargs") if field in body.validated_data)
+        if given and not request.user.has_perm("django_celery_beat.change_periodictask"):
+            raise PermissionDenied(  # an Operator runs the schedule as it is; other arguments are an Editor's
+                f"Running with other {' and '.join(given)} needs the permission to change the schedule "
+                "(Change periodic task); without it, run it with its own (an empty body)."
+            )
         try:
             run_id = services.run_now(task, by=request.user, trigger="api", **body.validated_data)
         except services.ServiceError as exc:

@@ -34,7 +34,7 @@ ROW_FIELDS = (
     "id", "name", "task", "args", "kwargs", "queue", "exchange", "routing_key", "priority",
     "expire_seconds", "expires", "headers", "one_off", "start_time", "total_run_count",
     "interval_id", "crontab_id", "solar_id", "clocked_id",
-    *(f"policy__{name}" for name in POLICY_FIELDS), "policy__jitter", "policy__calendar_rule",
+    *(f"policy__{name}" for name in POLICY_FIELDS), "policy__pool_id", "policy__jitter", "policy__calendar_rule",
     "anchor", "never_run",  # last_run_at, or date_changed for a schedule that never ran: one timestamp to parse
 )  # fmt: skip
 TableKey = tuple[str, int]  # ("interval" | "crontab" | "solar" | "clocked", the row's id)
@@ -161,6 +161,7 @@ def same_schedule(a: Entry, b: Entry) -> bool:
 def entry_from_row(row: tuple[Any, ...], policies: Policies) -> Entry:
     values = dict(zip(ROW_FIELDS, row, strict=True))
     overrides = {name: values[f"policy__{name}"] for name in POLICY_FIELDS}
+    overrides["pool"] = values["policy__pool_id"]  # the pool's name (the key the policy joins it on)
     overrides = {name: value for name, value in overrides.items() if value not in (None, "")}
     base = policies[values["task"]]
     try:

@@ -33,9 +33,20 @@ def keep_who_could_operate(apps, schema_editor):
         user.user_permissions.add(operate)
 
 
+def keep_groups_named_as_roles(apps, schema_editor):
+    """A group of the team's own that already has a role's name keeps its people and its
+    permissions under another name ("Editor (before the roles)"): nobody's rights change
+    behind their back, and the role's group is made afresh."""
+    Group = apps.get_model("auth", "Group")
+    for group in Group.objects.filter(name__in=roles.ROLES):
+        group.name = f"{group.name} (before the roles)"
+        group.save(update_fields=["name"])
+
+
 def forwards(apps, schema_editor):
     create_all_permissions(apps, schema_editor)
     keep_who_could_operate(apps, schema_editor)
+    keep_groups_named_as_roles(apps, schema_editor)
     roles.sync_roles(apps)
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 from scheduler_app.runs import rates
+from scheduler_app.runs.pools import POOL_FULL_CHOICES, PoolFull
 
 Overlap = Literal["allow", "skip", "wait"]
 CatchUp = Literal["skip", "once"]
@@ -30,6 +31,8 @@ class RunPolicy:
     time_limit: int | None = None
     catch_up: CatchUp = "skip"
     rate: str = ""  # fleet-wide starts of the task, e.g. "60/m" (runs/rates.py); the task's own, never a schedule's
+    pool: str = ""  # the concurrency pool whose slot a run takes (runs/pools.py); a schedule may pick another
+    pool_full: PoolFull = "wait"  # the pool has no free slot: wait in line (WAITING) or skip (SKIPPED)
 
     def __post_init__(self) -> None:
         if self.overlap not in OVERLAP_CHOICES:
@@ -42,6 +45,8 @@ class RunPolicy:
             raise ValueError("soft_time_limit must be below time_limit, so the task can tidy up")
         if self.rate:
             rates.parse(self.rate)
+        if self.pool_full not in POOL_FULL_CHOICES:
+            raise ValueError(f"pool_full must be one of {POOL_FULL_CHOICES}, not {self.pool_full!r}")
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> RunPolicy:
         """This policy with a schedule's overrides. A hard limit set below the inherited

@@ -4,6 +4,8 @@
   travels in the `beatkeeper` message header and is stored with every state write
   through `request.meta` (TaskResult.meta);
 - a fleet-wide rate of the task's starts (`rate="60/m"`, runs/rates.py): over it, WAITING;
+- a slot of the run's concurrency pool (`pool="exports"`, runs/pools.py) while it runs:
+  the pool full, WAITING in line (or SKIPPED, by the policy's `pool_full`);
 - overlap `skip` / `wait` through the schedule's renewed Redis lock;
 - retries with exponential backoff, jitter and a cap, keeping the run's identity;
 - a result that is not JSON-serialisable fails the run with a clear error;
@@ -37,7 +39,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.json import dumps as json_dumps
 
-from scheduler_app.runs import aio, locks, rates, states
+from scheduler_app.runs import aio, locks, pools, rates, states
 from scheduler_app.runs.context import HEADER
 from scheduler_app.runs.policy import RunPolicy
 
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 WAIT_POLL_SECONDS = 2.0
+POOL_POLL_SECONDS = 1.0  # a run waiting for a pool's slot asks again this often
 PROGRESS_MIN_INTERVAL = 0.5  # seconds between two progress writes of one run
 
 # Failures worth another attempt: the database or broker was briefly unavailable. redis-py's
@@ -66,6 +69,10 @@ RETRY_SEND_POLICY = {"max_retries": 10, "interval_start": 0.2, "interval_step": 
 
 class ResultNotSerializable(TypeError):
     pass
+
+
+class UnknownPool(LookupError):
+    """A run names a pool that does not exist: it fails rather than run unbounded."""
 
 
 _P = ParamSpec("_P")
@@ -113,7 +120,7 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
         policy = self.effective_policy()
         if policy.rate:
             self._within_rate(policy.rate)
-        with self._overlap_guard(policy):
+        with self._pool_slot(policy), self._overlap_guard(policy):
             try:
                 result = self._body(*args, **kwargs)
             except self.retry_for as exc:
@@ -131,6 +138,39 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
         if inspect.iscoroutine(result):
             return cast(_R, aio.run(result, self.name))
         return result
+
+    @contextmanager
+    def _pool_slot(self, policy: RunPolicy) -> Iterator[pools.PoolSlot | None]:
+        """Hold a slot of the run's pool while it runs (given back when it ends or retries)."""
+        if not policy.pool:
+            yield None
+            return
+        spec = pools.definition(policy.pool)
+        if spec is None:
+            raise UnknownPool(f"{self.name}: no pool named {policy.pool!r}; create it (console: Pools, or "
+                              "POST /api/pools/) or take the pool out of the task or the schedule")  # fmt: skip
+        slot = pools.PoolSlot(spec, cast(str, self.request.id))
+        admission = slot.acquire(policy.pool_full)
+        if not admission.admitted:
+            self._pool_full(policy, spec, admission)
+        try:
+            if spec.rate:
+                self._within_rate(spec.rate, scope=f"pool:{spec.name}", what=f"pool {spec.name}")
+            yield slot
+        finally:
+            slot.release()
+
+    def _pool_full(self, policy: RunPolicy, spec: pools.PoolSpec, admission: pools.Admission) -> None:
+        in_use = f"{admission.in_use} of {spec.size} slots in use"
+        if policy.pool_full == "skip":
+            self._mark(states.SKIPPED, {"reason": f"pool {spec.name} is full ({in_use})", "pool": spec.name})
+            raise Ignore()
+        if admission.joined:  # the state once, as it comes to the line (the console reads the line live)
+            self._mark(states.WAITING, {"reason": f"waiting for a slot of pool {spec.name} ({in_use})",
+                                        "waiting_for": "pool", "pool": spec.name,
+                                        "position": admission.position})  # fmt: skip
+        self._requeue(countdown=POOL_POLL_SECONDS)
+        raise Ignore()
 
     @contextmanager
     def _overlap_guard(self, policy: RunPolicy) -> Iterator[locks.OverlapLock | None]:
@@ -163,14 +203,14 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
             self._mark(states.SKIPPED, {"reason": reason, "holder": holder})
         raise Ignore()
 
-    def _within_rate(self, rate: str) -> None:
-        """Count this start against the task's fleet-wide rate; over it, the run waits (WAITING,
-        sent again for when a start is free) and leaves its worker process meanwhile."""
-        verdict = rates.hit(self.name, rate)
+    def _within_rate(self, rate: str, scope: str = "", what: str = "") -> None:
+        """Count this start against a fleet-wide rate (the task's, or its pool's); over it, the
+        run waits (WAITING, sent again for when a start is free) and leaves its worker process."""
+        verdict = rates.hit(scope or self.name, rate)
         if verdict.admitted:
             return
-        self._mark(states.WAITING, {"reason": f"over the fleet-wide rate {rate} of {self.name}", "waiting_for": "rate",
-                                    "starts_in": round(verdict.retry_in, 3)})  # fmt: skip
+        self._mark(states.WAITING, {"reason": f"over the fleet-wide rate {rate} of {what or self.name}",
+                                    "waiting_for": "rate", "starts_in": round(verdict.retry_in, 3)})  # fmt: skip
         self._requeue(countdown=verdict.retry_in)
         raise Ignore()
 

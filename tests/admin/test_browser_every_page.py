@@ -258,6 +258,11 @@ COVERED_ELSEWHERE = {  # the console's pages other modules hold with check_legib
     # backfills (test_browser_backfill.py): the list, a backfill's page, the form and its confirmation, the cancel
     "admin/scheduler_app/backfill/", "admin/scheduler_app/backfill/<path:object_id>/change/",
     "admin/scheduler_app/backfill/start/<int:schedule_pk>/", "admin/scheduler_app/backfill/<int:pk>/cancel/",
+    # concurrency pools (test_browser_pools.py): the list, a pool's page, its delete refused, the add form refused
+    "admin/scheduler_app/pool/", "admin/scheduler_app/pool/<path:object_id>/change/",
+    "admin/scheduler_app/pool/<path:object_id>/delete/", "admin/scheduler_app/pool/add/",
+    # schedule versions (test_browser_versions.py): a version beside today's schedule
+    "admin/django_celery_beat/periodictask/<int:pk>/versions/<int:number>/",
 }  # fmt: skip
 NOT_PAGES = {  # what answers no page of its own: a fragment, JSON, a redirect, a POST, a file
     "admin/dashboard/panel/", "admin/django_celery_results/taskresult/",
@@ -267,6 +272,7 @@ NOT_PAGES = {  # what answers no page of its own: a fragment, JSON, a redirect, 
     "admin/r/<path:content_type_id>/<path:object_id>/", "admin/(?P<url>.*)$", "admin/password_change/done/",
     "admin/scheduler_app/run/add/", "admin/scheduler_app/auditentry/add/",  # read-only: refused (403)
     "admin/scheduler_app/backfill/add/",  # started from a schedule's action instead: refused (403)
+    "admin/django_celery_beat/periodictask/<int:pk>/versions/<int:number>/restore/",  # a POST
 }  # fmt: skip
 
 

@@ -25,7 +25,8 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 from django_celery_results.models import TaskResult
 from rest_framework.authtoken.models import Token, TokenProxy
 
-from scheduler_app.models import AuditEntry, Backfill, BusinessCalendar
+from scheduler_app import audit
+from scheduler_app.models import AuditEntry, Backfill, BusinessCalendar, Pool
 from scheduler_app.runs import dead_letters
 from scheduler_app.runs.history import run_context
 from tests.admin.test_calendars_admin import calendar_form
@@ -47,6 +48,7 @@ MODELS: dict[str, tuple[str, str | None]] = {
     "django_celery_beat.solarschedule": ("viewer", "editor"),
     "django_celery_beat.clockedschedule": ("viewer", "editor"),
     "scheduler_app.businesscalendar": ("viewer", "editor"),
+    "scheduler_app.pool": ("viewer", "editor"),
     "scheduler_app.run": ("viewer", None),
     "scheduler_app.auditentry": ("viewer", None),
     "scheduler_app.backfill": ("viewer", None),
@@ -91,6 +93,7 @@ MAKERS: dict[str, Callable[[], models.Model]] = {
         clocked_time=timezone.now() + dt.timedelta(days=3)
     ),
     "scheduler_app.businesscalendar": lambda: BusinessCalendar.objects.create(name=f"cal-{uuid.uuid4().hex[:6]}"),
+    "scheduler_app.pool": lambda: Pool.objects.create(name=f"pool-{uuid.uuid4().hex[:6]}", size=2),
     "scheduler_app.run": failed_run,
     "scheduler_app.auditentry": lambda: AuditEntry.objects.create(
         actor_name="someone", via="api", action="pause", object_type="periodictask", object_id="1"
@@ -156,6 +159,8 @@ PAGES: dict[str, tuple[str, str, int]] = {
                                                               "operator", 403),
     "admin/scheduler_app/backfill/<int:pk>/cancel/": ("/admin/scheduler_app/backfill/{backfill}/cancel/",
                                                       "operator", 403),
+    "admin/django_celery_beat/periodictask/<int:pk>/versions/<int:number>/": (
+        "/admin/django_celery_beat/periodictask/{schedule}/versions/1/", "viewer", 403),
     "admin/django_celery_beat/": ("/admin/django_celery_beat/", "viewer", 404),
     "admin/scheduler_app/": ("/admin/scheduler_app/", "viewer", 404),
     "admin/auth/": ("/admin/auth/", "superuser", 404),
@@ -169,6 +174,7 @@ NOT_PAGES = {
     "admin/django_celery_results/taskresult/",
     "admin/django_celery_results/taskresult/^(?P<pk>\\d+)/(?P<rest>(?:change/|history/|delete/)?)$",
     "admin/django_celery_beat/periodictask/<int:pk>/do/<str:what>/", "admin/scheduler_app/run/<int:pk>/do/<str:what>/",
+    "admin/django_celery_beat/periodictask/<int:pk>/versions/<int:number>/restore/",
 }  # fmt: skip
 PREVIEW = "admin/django_celery_beat/periodictask/preview/"  # JSON for the schedule form: whoever edits
 
@@ -176,9 +182,11 @@ PREVIEW = "admin/django_celery_beat/periodictask/preview/"  # JSON for the sched
 @pytest.mark.parametrize("who", PEOPLE)
 def test_each_console_page_answers_whoever_may_open_it_and_refuses_the_rest(who: str, key: str) -> None:
     client = signed_in(who)
+    schedule = hourly()
+    audit.record(None, "create", schedule, via="command")  # its version 1
     found = {
         "letter": letter(key).id,
-        "schedule": hourly().pk,
+        "schedule": schedule.pk,
         "backfill": make_backfill().pk,
         "user": User.objects.create_user("someone").pk,
     }
@@ -241,23 +249,27 @@ def test_deleting_a_row_deletes_it_for_whoever_may_and_nothing_for_the_rest(who:
 
 
 @pytest.mark.parametrize("who", ["operator", "editor", "superuser"])
-def test_a_schedule_with_a_backfill_is_deleted_with_it_by_whoever_may_delete_schedules(who: str) -> None:
-    """A backfill is never deleted on its own (its admin refuses), but it is the schedule's own
-    record: deleting the schedule takes it and its slots along, and the confirmation lists it."""
+@pytest.mark.parametrize("through", ["django_celery_beat.periodictask", "django_celery_beat.intervalschedule"])
+def test_a_schedule_with_a_backfill_is_deleted_with_it_by_whoever_may_delete_schedules(who: str, through: str) -> None:
+    """A backfill is never deleted on its own (no delete page), but it is the schedule's own
+    record: deleting the schedule, or the interval row under it, takes it along, and the
+    confirmation lists it."""
     client = signed_in(who)
     backfill = make_backfill()
     task = backfill.periodic_task
-    page = client.get(url("django_celery_beat.periodictask", "delete", task))
-    answer = client.post(url("django_celery_beat.periodictask", "delete", task), {"post": "yes"}).status_code
+    row = task if through.endswith("periodictask") else task.interval
+    page = client.get(url(through, "delete", row))
+    answer = client.post(url(through, "delete", row), {"post": "yes"}).status_code
     if may(who, "editor"):
         assert page.status_code == 200 and str(backfill) in page.content.decode()
         assert (answer, exists(task), exists(backfill)) == (302, False, False)
     else:
         assert (answer, exists(task), exists(backfill)) == (403, True, True)
+    assert client.post(url("scheduler_app.backfill", "delete", make_backfill()), {"post": "yes"}).status_code == 403
 
 
 @pytest.mark.parametrize("who", PEOPLE)
-def test_adding_and_changing_a_schedule_and_a_calendar_is_the_editors(who: str) -> None:
+def test_adding_and_changing_a_schedule_a_calendar_and_a_pool_is_the_editors(who: str) -> None:
     client = signed_in(who)
     task = hourly("kept")
     before = list(PeriodicTask.objects.values())
@@ -265,14 +277,45 @@ def test_adding_and_changing_a_schedule_and_a_calendar_is_the_editors(who: str) 
     change = form_data(name="renamed", **{"policy-INITIAL_FORMS": "0"})
     changed = client.post(url("django_celery_beat.periodictask", "change", task), change).status_code
     calendar = client.post(url("scheduler_app.businesscalendar", "add"), calendar_form()).status_code
+    pool_form = {"name": "exports", "size": "2", "lease": "60", "rate": "", "description": ""}
+    pool = client.post(url("scheduler_app.pool", "add"), pool_form).status_code
     if may(who, "editor"):
-        assert (added, changed, calendar) == (302, 302, 302)
+        assert (added, changed, calendar, pool) == (302, 302, 302, 302)
         assert set(PeriodicTask.objects.values_list("name", flat=True)) == {"nightly report", "renamed"}
         assert BusinessCalendar.objects.filter(name="Berlin office").exists()
+        assert Pool.objects.filter(name="exports", size=2).exists()
     else:
-        assert (added, changed, calendar) == (403, 403, 403)
+        assert (added, changed, calendar, pool) == (403, 403, 403, 403)
         assert list(PeriodicTask.objects.values()) == before
         assert not BusinessCalendar.objects.exists() and not AuditEntry.objects.exists()
+        assert not Pool.objects.exists()
+
+
+def test_an_editor_picks_a_schedules_owner_and_its_pool_on_the_page() -> None:
+    """The owner is a plain list of active users (the admin's autocomplete would ask an Editor
+    for the permission to view users), the pool a list of the pools."""
+    client = signed_in("editor")
+    ada = User.objects.create_user("ada")
+    User.objects.create_user("gone", is_active=False)
+    Pool.objects.create(name="exports", size=2)
+    page = client.get(url("django_celery_beat.periodictask", "add")).content.decode()
+    assert f'<option value="{ada.pk}">ada</option>' in page and ">gone<" not in page
+    assert '<option value="exports">exports</option>' in page
+    made = form_data(**{"policy-0-owner": str(ada.pk), "policy-0-pool": "exports", "policy-0-pool_full": "skip"})
+    assert client.post(url("django_celery_beat.periodictask", "add"), made).status_code == 302
+    policy = PeriodicTask.objects.get(name="nightly report").policy
+    assert (policy.owner, policy.pool_id, policy.pool_full) == (ada, "exports", "skip")
+
+
+@pytest.mark.parametrize("who", PEOPLE)
+def test_restoring_a_version_is_the_editors(who: str) -> None:
+    task = hourly()
+    audit.record(None, "create", task, via="command")
+    PeriodicTask.objects.filter(pk=task.pk).update(description="changed since")
+    audit.record(None, "update", task, via="command")
+    answer = signed_in(who).post(f"/admin/django_celery_beat/periodictask/{task.pk}/versions/1/restore/")
+    assert answer.status_code == (302 if may(who, "editor") else 403)
+    assert PeriodicTask.objects.get(pk=task.pk).description == ("" if may(who, "editor") else "changed since")
 
 
 # --- the schedule's operations: run now, pause, resume (Operator), duplicate (Editor) ------------

@@ -22,7 +22,8 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 from rest_framework.authtoken.models import Token
 
-from scheduler_app.models import AuditEntry, Backfill, BusinessCalendar
+from scheduler_app import audit
+from scheduler_app.models import AuditEntry, Backfill, BusinessCalendar, Pool, ScheduleVersion
 from scheduler_app.runs import dead_letters
 from tests.hardening.test_dead_letters import letter
 from tests.roles_kit import PEOPLE, may, person
@@ -63,6 +64,17 @@ CALLS = [
     Call("schedule-detail", "retrieve", "get", "/api/schedules/{schedule}/", "viewer"),
     Call("schedule-next-runs", "next_runs", "get", "/api/schedules/{schedule}/next-runs/", "viewer"),
     Call("schedule-incidents", "incidents", "get", "/api/schedules/{schedule}/incidents/", "viewer"),
+    Call("schedule-versions", "versions", "get", "/api/schedules/{schedule}/versions/", "viewer"),
+    Call("schedule-version", "version", "get", "/api/schedules/{schedule}/versions/1/", "viewer"),
+    Call(
+        "schedule-version-restore",
+        "restore",
+        "post",
+        "/api/schedules/{schedule}/versions/1/restore/",
+        "editor",
+        {},
+        True,
+    ),  # fmt: skip
     Call("schedule-preview-new", "preview_new", "post", "/api/schedules/preview/", "viewer", SCHEDULE),
     Call("schedule-preview", "preview", "post", "/api/schedules/{schedule}/preview/", "viewer", {"every": 3}),
     Call("schedule-list", "create", "post", "/api/schedules/", "editor", SCHEDULE, True),
@@ -78,6 +90,8 @@ CALLS = [
     ),  # fmt: skip
     Call("schedule-detail", "destroy", "delete", "/api/schedules/{schedule}/", "editor", None, True),
     Call("schedule-run", "run", "post", "/api/schedules/{schedule}/run/", "operator", {}, True),
+    # Other arguments than the schedule's are a change of what runs: an Editor's.
+    Call("schedule-run", "run", "post", "/api/schedules/{schedule}/run/", "editor", {"args": []}, True),
     Call("schedule-pause", "pause", "post", "/api/schedules/{schedule}/pause/", "operator", {"note": "n"}, True),
     Call("schedule-resume", "resume", "post", "/api/schedules/{paused}/resume/", "operator", {}, True),
     Call(
@@ -114,6 +128,12 @@ CALLS = [
         True,
     ),  # fmt: skip
     Call("calendar-detail", "destroy", "delete", "/api/calendars/{calendar}/", "editor", None, True),
+    Call("pool-list", "list", "get", "/api/pools/", "viewer"),
+    Call("pool-detail", "retrieve", "get", "/api/pools/{pool}/", "viewer"),
+    Call("pool-list", "create", "post", "/api/pools/", "editor", {"name": "reports", "size": 1}, True),
+    Call("pool-detail", "update", "put", "/api/pools/{pool}/", "editor", {"name": "exports", "size": 3}, True),
+    Call("pool-detail", "partial_update", "patch", "/api/pools/{pool}/", "editor", {"size": 4}, True),
+    Call("pool-detail", "destroy", "delete", "/api/pools/{pool}/", "editor", None, True),
 ]
 
 
@@ -124,6 +144,9 @@ def world(key: str) -> dict[str, Any]:
     paused = PeriodicTask.objects.create(name="paused", task=TASK, interval=every, enabled=False)
     long_ago = timezone.now() - 30 * HOUR  # backfilled slots lie before beat's own
     PeriodicTask.objects.filter(pk=task.pk).update(date_changed=long_ago, last_run_at=long_ago)
+    audit.record(None, "create", task, via="command")  # version 1 ...
+    PeriodicTask.objects.filter(pk=task.pk).update(description="since version 1")
+    audit.record(None, "update", task, via="command")  # ... and 2: restoring 1 writes
     failed = TaskResult.objects.create(task_id=str(uuid.uuid4()), task_name=TASK, status="FAILURE",
                                        task_args=json.dumps("[]"), task_kwargs=json.dumps("{}"))  # fmt: skip
     pending = TaskResult.objects.create(task_id=str(uuid.uuid4()), task_name=TASK, status="PENDING",
@@ -132,7 +155,8 @@ def world(key: str) -> dict[str, Any]:
     backfill = Backfill.objects.create(periodic_task=task, schedule_name=task.name, start=now - 5 * HOUR,
                                        end=now - 4 * HOUR)  # fmt: skip
     calendar = BusinessCalendar.objects.create(name="office")
-    return {"schedule": task.pk, "paused": paused.pk, "failed": failed.pk, "pending": pending.pk,
+    Pool.objects.create(name="exports", size=2)
+    return {"pool": "exports", "schedule": task.pk, "paused": paused.pk, "failed": failed.pk, "pending": pending.pk,
             "letter": letter(key).id, "backfill": backfill.pk, "calendar": calendar.pk,
             "start": at(now.replace(minute=0, second=0, microsecond=0) - 6 * HOUR),
             "end": at(now.replace(minute=0, second=0, microsecond=0) - 3 * HOUR)}  # fmt: skip
@@ -142,9 +166,11 @@ def state() -> tuple[Any, ...]:
     """What a call could write or queue."""
     return (
         list(PeriodicTask.objects.order_by("pk").values_list("pk", "name", "enabled", "description", "interval_id")),
+        ScheduleVersion.objects.count(),
         list(TaskResult.objects.order_by("pk").values_list("pk", "status", "meta")),
         list(BusinessCalendar.objects.order_by("pk").values_list("pk", "name", "description", "weekdays")),
         list(Backfill.objects.order_by("pk").values_list("pk", "state")),
+        list(Pool.objects.order_by("pk").values_list("pk", "name", "size")),
         AuditEntry.objects.count(),
         dead_letters.count(),
     )

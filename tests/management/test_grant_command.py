@@ -80,3 +80,25 @@ def test_it_remakes_a_deleted_roles_group_when_granting_it() -> None:
     User.objects.create_user("ada")
     grant("ada", "editor")
     assert User.objects.get(username="ada").has_perm("django_celery_beat.add_periodictask")
+
+
+def test_granting_a_role_held_already_changes_nothing_and_records_nothing() -> None:
+    User.objects.create_user("ada")
+    grant("ada", "viewer")
+    entries = AuditEntry.objects.count()
+    assert grant("ada", "Viewer") == "ada is already Viewer; nothing changed\n"
+    assert AuditEntry.objects.count() == entries and roles_of("ada") == ["Viewer"]
+
+
+def test_list_with_a_user_or_a_role_is_refused_rather_than_granting_nothing_in_silence() -> None:
+    User.objects.create_user("ada")
+    with pytest.raises(CommandError, match="--list takes no user or role"):
+        grant("ada", "viewer", "--list")
+    assert roles_of("ada") == [] and not AuditEntry.objects.exists()
+
+
+def test_granting_puts_a_roles_group_edited_by_hand_back_as_defined() -> None:
+    Group.objects.get(name="Viewer").permissions.clear()
+    User.objects.create_user("ada")
+    grant("ada", "viewer")
+    assert User.objects.get(username="ada").has_perm("scheduler_app.view_pool")

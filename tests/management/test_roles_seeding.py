@@ -17,7 +17,7 @@ from scheduler_app import roles
 pytestmark = pytest.mark.django_db  # not transactional: the database as migrate left it
 MIGRATION = importlib.import_module("scheduler_app.migrations.0008_roles")
 EDITED = ["periodictask", "crontabschedule", "intervalschedule", "solarschedule", "clockedschedule",
-          "schedulepolicy", "businesscalendar", "calendarexclusion"]  # fmt: skip
+          "schedulepolicy", "businesscalendar", "calendarexclusion", "pool"]  # fmt: skip
 SEEN = [*EDITED, "run", "backfill", "auditentry"]
 
 
@@ -39,7 +39,6 @@ def test_the_migration_leaves_the_three_groups_with_exactly_their_permissions() 
     assert codenames(editor - operator) == {f"{action}_{model}" for model in EDITED
                                             for action in ("add", "change", "delete")}  # fmt: skip
     assert not {"scheduler_app.purge_queue", "scheduler_app.control_workers"} & editor
-    assert "scheduler_app.view_pool" in roles.VIEWER_PERMS and "scheduler_app.view_pool" not in viewer  # not yet
 
 
 def test_seeding_puts_back_a_removed_permission_and_removes_an_added_one() -> None:
@@ -51,7 +50,7 @@ def test_seeding_puts_back_a_removed_permission_and_removes_an_added_one() -> No
     out = StringIO()
     call_command("seed_default_tasks", stdout=out)
     said = out.getvalue()
-    assert held("Operator") == before and held("Viewer") == roles.VIEWER_PERMS - {"scheduler_app.view_pool"}
+    assert held("Operator") == before and held("Viewer") == roles.VIEWER_PERMS
     assert "role      Viewer: group created" in said
     assert "role      Operator: added scheduler_app.retry_run; removed scheduler_app.purge_queue" in said
     assert "role      Editor: as defined" in said
@@ -78,6 +77,23 @@ def test_the_migration_gives_whoever_could_change_schedules_the_permission_to_ru
 
 
 def test_a_role_names_a_permission_that_does_not_exist_yet_and_it_is_skipped() -> None:
-    ids = roles.permission_ids(frozenset({"scheduler_app.view_pool", "scheduler_app.view_run"}))
+    ids = roles.permission_ids(frozenset({"scheduler_app.view_nothing_yet", "scheduler_app.view_run"}))
     assert list(ids) == ["scheduler_app.view_run"]
     assert [sync.changed for sync in roles.sync_roles()] == [False, False, False]
+
+
+def test_the_migration_keeps_a_group_that_already_had_a_roles_name_and_its_members() -> None:
+    """A team's own "Editor" group from before the roles: renamed, its people and permissions
+    kept, so nobody's rights change behind their back; the role's group is made afresh."""
+    Group.objects.filter(name__in=roles.ROLES).delete()
+    own = Group.objects.create(name="Editor")
+    own.permissions.add(Permission.objects.get(codename="purge_queue"))
+    bob = User.objects.create_user("bob")
+    bob.groups.add(own)
+    MIGRATION.keep_groups_named_as_roles(apps, None)
+    roles.sync_roles()
+    kept = Group.objects.get(pk=own.pk)
+    assert kept.name == "Editor (before the roles)"
+    assert list(kept.permissions.values_list("codename", flat=True)) == ["purge_queue"]
+    assert list(kept.user_set.all()) == [bob] and not Group.objects.get(name="Editor").user_set.exists()
+    assert held("Editor") == roles.EDITOR_PERMS

@@ -28,6 +28,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, username: str | None, role: str | None, show: bool, **options: Any) -> None:
         if show:
+            if username or role:
+                raise CommandError("--list takes no user or role: give either --list, or a username and a role.")
             self.show_roles()
             return
         if not username or not role:
@@ -37,7 +39,10 @@ class Command(BaseCommand):
             raise CommandError(f"No role named {role!r}; the roles are {ALLOWED}.")
         with transaction.atomic():
             user, before = self.grant(username, named)
-        self.stdout.write(f"{user.get_username()} is now {named}" + (f" (was {before})" if before else ""))
+        if before == named:
+            self.stdout.write(f"{user.get_username()} is already {named}; nothing changed")
+        else:
+            self.stdout.write(f"{user.get_username()} is now {named}" + (f" (was {before})" if before else ""))
         if user.is_superuser:
             self.stdout.write("note: a superuser holds every permission, whatever the role")
         if not user.is_active:
@@ -51,6 +56,9 @@ class Command(BaseCommand):
             raise CommandError(f"No user named {username!r}; create one first (createsuperuser, or the console).")
         held = list(user.groups.filter(name__in=roles.ROLES).values_list("name", flat=True))
         before = ", ".join(sorted(held, key=list(roles.ROLES).index))
+        if before == role and user.is_staff:
+            roles.sync_roles()  # the role's group as defined, whatever else
+            return user, before
         user.groups.remove(*user.groups.filter(name__in=roles.ROLES).exclude(name=role))
         user.groups.add(roles.group_of(role))
         was_staff = user.is_staff
