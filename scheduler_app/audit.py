@@ -13,7 +13,7 @@ import datetime as dt
 import json
 from typing import Any, cast
 
-from django.db import models
+from django.db import models, transaction
 from django_celery_beat.models import PeriodicTask
 
 from scheduler_app import limits, schedules
@@ -29,6 +29,12 @@ MESSAGE_AUDITED = ("queue", "priority", "expires", "expire_seconds", "start_time
 def record(actor: Any, action: str, obj: models.Model | None, *, object_type: str = "", object_id: str = "",
            changes: dict[str, Any] | None = None, via: str = "api") -> AuditEntry:  # fmt: skip
     user = actor if getattr(actor, "is_authenticated", False) else None
+    with transaction.atomic():  # the entry and the version it keeps, together (the version locks the schedule)
+        return _record(user, action, obj, object_type, object_id, changes, via)
+
+
+def _record(user: Any, action: str, obj: models.Model | None, object_type: str, object_id: str,
+            changes: dict[str, Any] | None, via: str) -> AuditEntry:  # fmt: skip
     entry = AuditEntry.objects.create(
         actor=user,
         actor_name=user.get_username() if user else "system",
@@ -68,9 +74,10 @@ def _as_found(task: PeriodicTask, entry: AuditEntry, after: dict[str, Any]) -> S
     """A schedule made before versions were kept, at its first recorded change: version 1 is
     the schedule as it was found (what the change's diff says it was), so the change itself
     shows what it changed and the schedule can be put back as it was."""
-    if entry.action == "update":
+    if entry.action == "update" and "seeded" not in entry.changes:  # seeding's diff is of its own fields
         olds = {key: value[0] for key, value in entry.changes.items()
-                if key in after and isinstance(value, list) and len(value) == 2}  # fmt: skip
+                if key in after and isinstance(value, list) and len(value) == 2
+                and type(value[0]) is type(after[key])}  # fmt: skip
     elif entry.action in ("pause", "resume"):
         olds = {"enabled": entry.action == "pause"}
     else:

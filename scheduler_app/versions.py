@@ -70,6 +70,9 @@ def restore(task: PeriodicTask, version: ScheduleVersion, *, by: Any, via: str) 
     """Put the version's schedule and policy back; raises RestoreRefused saying why not.
     Atomic: on a refusal nothing is written."""
     wanted = version.snapshot
+    if not isinstance(wanted.get("schedule"), dict) or not isinstance(wanted.get("policy", {}), dict):
+        raise RestoreRefused(f"Version {version.number} does not hold the schedule's fields (it was kept before "
+                             "they were recorded whole); restore a later version, or edit the schedule.")  # fmt: skip
     with transaction.atomic():
         task = PeriodicTask.objects.select_for_update().get(pk=task.pk)
         form = forms.ScheduleForm(form_data(wanted), instance=task)
@@ -94,6 +97,8 @@ def restore(task: PeriodicTask, version: ScheduleVersion, *, by: Any, via: str) 
         policy.calendars.set(calendars)
         if saved.enabled:
             services.clear_pause(saved)
+        elif before.get("enabled"):  # the version was paused: paused again, saying so
+            services.pause(saved, by=by, note=f"restored version {version.number}, which was paused")
         changes = audit.diff(before, audit.snapshot(saved))
         audit.record(by, "restore", saved, changes={"restored_from": version.number, **changes}, via=via)
     return saved
@@ -108,7 +113,9 @@ def form_data(snapshot: dict[str, Any]) -> dict[str, Any]:
     for field, value in (snapshot.get("schedule") or {}).items():
         if field not in SCHEDULE_SHOWN:
             data[SCHEDULE_FORM_NAMES.get(field, field)] = value
-    return {key: value for key, value in data.items() if value is not None and value is not False}
+    # None is sent as an empty field (priority, queue: cleared, as the form clears them); a
+    # checkbox left out is unticked.
+    return {key: "" if value is None else value for key, value in data.items() if value is not False}
 
 
 def policy_of(values: dict[str, Any], number: int) -> tuple[dict[str, Any], list[BusinessCalendar]]:

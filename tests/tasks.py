@@ -213,3 +213,12 @@ def pooled(key: str, seconds: float = 0.5) -> dict[str, Any]:
 def pooled_by_default(key: str) -> dict[str, Any]:
     redis_client().incr(f"{key}:runs")
     return {}
+
+
+@platform_task(name="tests.pooled_rated", rate="4/m")
+def pooled_rated(key: str, seconds: float = 0.5) -> dict[str, Any]:
+    """A rated task in a pool: waiting in the pool's line must not spend its rate."""
+    began = time.time()
+    redis_client().rpush(f"{key}:began", repr(began))
+    time.sleep(seconds)
+    return {"began": began, "ended": time.time()}

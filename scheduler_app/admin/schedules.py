@@ -429,12 +429,9 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
 
     def version_view(self, request: HttpRequest, pk: int, number: int) -> HttpResponse:
         """A version whole, beside today's schedule; restoring it is one button (POST)."""
-        task = get_object_or_404(PeriodicTask, pk=pk)
+        task, version = self.version_of(pk, number)
         if not self.has_view_permission(request, task):
             raise PermissionDenied
-        version = versions.get(task, number)
-        if version is None:
-            raise Http404(f"The schedule has no version {number}.")
         differences = [
             (d.field, versions.shown(d.then), versions.shown(d.now)) for d in versions.compare(version, task)
         ]
@@ -444,13 +441,18 @@ class ScheduleAdmin(Audited, ScheduleModelAdmin):
                    "can_restore": self.has_change_permission(request, task) and bool(differences)}  # fmt: skip
         return TemplateResponse(request, "beatkeeper/schedule_version.html", context)
 
+    def version_of(self, pk: int, number: int) -> tuple[PeriodicTask, ScheduleVersion]:
+        """The schedule and its version, or 404 (also for numbers past what a database column holds)."""
+        task = get_object_or_404(PeriodicTask, pk=pk) if pk < 2**63 else None
+        version = versions.get(task, number) if task is not None and number < 2**31 else None
+        if task is None or version is None:
+            raise Http404(f"The schedule has no version {number}.")
+        return task, version
+
     def restore_view(self, request: HttpRequest, pk: int, number: int) -> HttpResponse:
-        task = get_object_or_404(PeriodicTask, pk=pk)
+        task, version = self.version_of(pk, number)
         if not self.has_change_permission(request, task):
             raise PermissionDenied
-        version = versions.get(task, number)
-        if version is None:
-            raise Http404(f"The schedule has no version {number}.")
         try:
             versions.restore(task, version, by=request.user, via="admin")
         except versions.RestoreRefused as exc:

@@ -30,7 +30,7 @@ from scheduler_app.api import serializers as api
 from scheduler_app.api.permissions import RUN_PERMS, SCHEDULE_PERMS, StaffWithModelPermission
 from scheduler_app.api.versions import VersionDetailSerializer, VersionSerializer
 from scheduler_app.beat import slots
-from scheduler_app.models import Run, ScheduleHealth
+from scheduler_app.models import Run, ScheduleHealth, ScheduleVersion
 from scheduler_app.monitoring import alerts
 from scheduler_app.runs import ledger
 from scheduler_app.runs.history import TRIGGERS
@@ -66,6 +66,13 @@ def refused(exc: services.ServiceError) -> APIException:
     if isinstance(exc, services.ArgumentsRefused):
         return ValidationError({"kwargs": [str(exc)]})
     return Conflict(str(exc))
+
+
+def version_or_404(task: PeriodicTask, number: str) -> ScheduleVersion:
+    found = versions.get(task, int(number)) if len(number) <= 9 else None  # beyond: no schedule has that many
+    if found is None:
+        raise NotFound(f"The schedule has no version {number[:20]}; GET its versions/ for the ones it has.")
+    return found
 
 
 class SchedulePages(PageNumberPagination):
@@ -193,9 +200,7 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
     def version(self, request: Request, pk: str | None = None, number: str = "") -> Response:
         """One version whole (`snapshot`), and how today's schedule differs from it (`differs_now`)."""
         task = self.get_object()
-        found = versions.get(task, int(number))
-        if found is None:
-            raise NotFound(f"The schedule has no version {number}; GET its versions/ for the ones it has.")
+        found = version_or_404(task, number)
         data = VersionDetailSerializer(found).data
         data["differs_now"] = [{"field": d.field, "then": d.then, "now": d.now} for d in versions.compare(found, task)]
         return Response(data)
@@ -206,9 +211,7 @@ class ScheduleViewSet(viewsets.ModelViewSet[PeriodicTask]):
         """Put that version's schedule and policy back (itself a new version). 409, saying why, if
         it cannot be: a calendar, pool or owner gone, its name taken, its task no longer registered."""
         task = self.get_object()
-        found = versions.get(task, int(number))
-        if found is None:
-            raise NotFound(f"The schedule has no version {number}; GET its versions/ for the ones it has.")
+        found = version_or_404(task, number)
         try:
             versions.restore(task, found, by=request.user, via="api")
         except versions.RestoreRefused as exc:

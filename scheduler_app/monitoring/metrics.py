@@ -19,7 +19,9 @@ Redis when scraped, so every web process answers the same figures:
   total, not a window) of the runs the recorders wrote, kept in Redis, so it survives
   recorder restarts and goes back to 0 only when Redis loses its keys (`rate()` reads
   that as a reset);
-- the dead letters: messages workers set aside instead of running (runs/poison.py).
+- the dead letters: messages workers set aside instead of running (runs/poison.py);
+- each concurrency pool's size, slots in use and runs waiting (runs/pools.py; at most
+  `MAX_POOLS` pools).
 
 Every query reads an index range (`date_created` or `date_done`) and at most `ROW_LIMIT`
 rows. The text is cached for `CACHE_SECONDS` in Django's cache, so several Prometheus
@@ -54,8 +56,8 @@ from prometheus_client.utils import floatToGoString
 from scheduler_app import broker
 from scheduler_app.beat import leader
 from scheduler_app.connection import redis_client
-from scheduler_app.models import ScheduleHealth
-from scheduler_app.runs import dead_letters, ledger, recorder, states
+from scheduler_app.models import Pool, ScheduleHealth
+from scheduler_app.runs import dead_letters, ledger, pools, recorder, states
 
 logger = logging.getLogger(__name__)
 COUNT_WINDOW = dt.timedelta(hours=24)
@@ -311,6 +313,23 @@ def dead_letter_state(now: dt.datetime) -> list[Metric]:
     return [family]
 
 
+MAX_POOLS = 500
+
+
+def pool_state(now: dt.datetime) -> list[Metric]:
+    """Each pool's size, the slots held now (leases not ended) and the runs waiting in line."""
+    size = GaugeMetricFamily("beatkeeper_pool_size", "Runs a concurrency pool allows at once.", labels=["pool"])
+    in_use = GaugeMetricFamily("beatkeeper_pool_slots_in_use", "Slots of the pool held by runs now.", labels=["pool"])
+    waiting = GaugeMetricFamily("beatkeeper_pool_waiting", "Runs waiting in line for a slot.", labels=["pool"])
+    with probe_client() as client:
+        for name, limit in Pool.objects.order_by("name").values_list("name", "size")[:MAX_POOLS]:
+            found = pools.occupancy(name, client)
+            size.add_metric([name], limit)
+            in_use.add_metric([name], len(found.holders))
+            waiting.add_metric([name], len(found.waiting))
+    return [size, in_use, waiting]
+
+
 # --- the collector ----------------------------------------------------------------------
 
 DATABASE_PARTS: dict[str, Part] = {
@@ -318,6 +337,7 @@ DATABASE_PARTS: dict[str, Part] = {
     "durations": run_durations,
     "lateness": run_lateness,
     "schedules": schedule_health,
+    "pools": pool_state,  # the pools' rows, then their slots in Redis (a bounded probe)
 }
 REDIS_PARTS: dict[str, Part] = {
     "broker": broker_state,

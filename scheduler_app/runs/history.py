@@ -15,15 +15,17 @@ import json
 import logging
 from typing import Any
 
+import redis
 from celery import states as celery_states
 from celery.signals import before_task_publish, task_prerun, task_received, task_revoked
 from django.db import DatabaseError
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from scheduler_app.runs import ledger, state_history, states
+from scheduler_app.runs import ledger, pools, state_history, states
 from scheduler_app.runs.context import HEADER as HEADER
 from scheduler_app.runs.context import context_of, header_of
+from scheduler_app.runs.policy import RunPolicy
 
 TRIGGERS = ("beat", "manual", "api", "retry", "backfill", "direct")  # "by": who asked, for all but beat and direct
 RUNNING = {celery_states.STARTED, states.PROGRESS}
@@ -95,6 +97,7 @@ def record_revocation(sender: Any = None, request: Any = None, expired: bool = F
     says what happened and keeps the run's trigger, schedule and who asked."""
     if sender is None or request is None:
         return
+    leave_pool_line(sender, request)
     # Written by the worker's main process, after Celery's own REVOKED, which it refines.
     found = ledger.latest(request.id)
     request.meta = (found.context() if found is not None else None) or context_of(header_of(request), request)
@@ -105,6 +108,19 @@ def record_revocation(sender: Any = None, request: Any = None, expired: bool = F
     else:
         result = {"reason": "revoked", "terminated": bool(terminated)}
         sender.backend.store_result(request.id, result, celery_states.REVOKED, request=request)
+
+
+def leave_pool_line(task: Any, request: Any) -> None:
+    """A run revoked or expired while it waited for its pool's slot asks no more: out of the line."""
+    policy = getattr(task, "policy", None)
+    if not isinstance(policy, RunPolicy):
+        return
+    try:
+        pool = policy.with_overrides(header_of(request).get("policy")).pool
+        if pool:
+            pools.leave_line(pool, request.id)
+    except (ValueError, redis.RedisError) as exc:
+        logger.warning("run %s not taken out of its pool's line (%s)", request.id, exc)
 
 
 def recorded_run(task_id: str) -> TaskResult | None:

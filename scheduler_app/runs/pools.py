@@ -7,8 +7,8 @@ and its slot is free once the lease ends. Runs that find the pool full wait in a
 set, in the order they came, and are admitted in that order as slots free up: a newcomer never
 passes a run that waits. A waiting run is not holding a worker process: it is recorded WAITING
 and its message is sent again to ask once more (`runtime`). A waiter that stops asking (its
-message revoked, its worker gone) is dropped from the line once it has not asked for
-`STALE_SECONDS` plus its lease.
+message revoked or expired, its worker gone) leaves the line at once where the worker hears
+of it (`leave_line`), and otherwise once it has not asked for `STALE_SECONDS`.
 
 Each step (prune the ended leases and the stale waiters, then admit or queue) is one Lua
 script (redis-py's `register_script`), timed by Redis' own clock (`TIME`), so workers' clocks
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 DEFINITIONS = "beatkeeper:pools"
 PREFIX = "beatkeeper:pool:"
 REFRESH_SECONDS = 60  # a published definition older than this is read from the database again
-STALE_SECONDS = 30  # a waiter that has not asked again for this long (plus its lease) leaves the line
+STALE_SECONDS = 15  # a waiter that has not asked again for this long leaves the line (it asks every second)
 PoolFull = Literal["wait", "skip"]
 POOL_FULL_CHOICES = ("wait", "skip")
 
@@ -180,7 +180,7 @@ class PoolSlot:
     def acquire(self, when_full: PoolFull = "wait") -> Admission:
         script = self.client.register_script(_ACQUIRE)
         keys = [holders_key(self.spec.name), line_key(self.spec.name), seen_key(self.spec.name)]
-        stale_ms = (STALE_SECONDS + self.spec.lease) * 1000
+        stale_ms = STALE_SECONDS * 1000
         answer = cast(
             "list[int]",
             script(keys=keys, args=[self.owner, self.spec.size, self.spec.lease * 1000, stale_ms, when_full]),
@@ -209,8 +209,12 @@ class PoolSlot:
         if self._renewer is not None and self._renewer is not threading.current_thread():
             self._renewer.join()
         if self.held:
-            self.client.zrem(holders_key(self.spec.name), self.owner)
             self.held = False
+            try:
+                self.client.zrem(holders_key(self.spec.name), self.owner)
+            except redis.RedisError as exc:  # the run is over: its slot frees itself when the lease ends
+                logger.warning("the slot of %s in pool %s not given back (%s); it frees at its lease's end",
+                               self.owner, self.spec.name, exc)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,13 @@ def occupancy(name: str, client: redis.Redis | None = None) -> Occupancy:
     return Occupancy(
         [(run.decode(), ends / 1000) for run, ends in held], [(run.decode(), at / 1000) for run, at in line]
     )
+
+
+def leave_line(name: str, owner: str, client: redis.Redis | None = None) -> None:
+    """A waiting run that will not ask again (revoked, expired, not sent again) leaves the line."""
+    client = client or redis_client()
+    client.zrem(line_key(name), owner)
+    client.zrem(seen_key(name), owner)
 
 
 def forget(name: str, client: redis.Redis | None = None) -> None:

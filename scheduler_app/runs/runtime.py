@@ -114,12 +114,12 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
             logger.info("%s[%s] already finished; its redelivered message is acknowledged, not run", self.name,
                         self.request.id)  # fmt: skip
             raise Ignore()
+        policy = self.effective_policy()
         if getattr(self.request, "revoked_while_queued", False):
             self._mark(celery_states.REVOKED, {"reason": "revoked before it started"})
+            self.leave_pool_line(policy)
             raise Ignore()
-        policy = self.effective_policy()
-        if policy.rate:
-            self._within_rate(policy.rate)
+        # The pool's slot first: a run waiting in line does not spend the task's rate on each ask.
         with self._pool_slot(policy), self._overlap_guard(policy):
             try:
                 result = self._body(*args, **kwargs)
@@ -143,6 +143,7 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
     def _pool_slot(self, policy: RunPolicy) -> Iterator[pools.PoolSlot | None]:
         """Hold a slot of the run's pool while it runs (given back when it ends or retries)."""
         if not policy.pool:
+            self._rates(policy, None)
             yield None
             return
         spec = pools.definition(policy.pool)
@@ -154,11 +155,25 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
         if not admission.admitted:
             self._pool_full(policy, spec, admission)
         try:
-            if spec.rate:
-                self._within_rate(spec.rate, scope=f"pool:{spec.name}", what=f"pool {spec.name}")
+            self._rates(policy, spec)
             yield slot
         finally:
             slot.release()
+
+    def _rates(self, policy: RunPolicy, spec: pools.PoolSpec | None) -> None:
+        """The task's rate, then its pool's: counted once the run may start (it holds its slot)."""
+        if policy.rate:
+            self._within_rate(policy.rate)
+        if spec is not None and spec.rate:
+            self._within_rate(spec.rate, scope=f"pool:{spec.name}", what=f"pool {spec.name}")
+
+    def leave_pool_line(self, policy: RunPolicy) -> None:
+        """A run that will not ask for its pool's slot again leaves the pool's line."""
+        if policy.pool:
+            try:
+                pools.leave_line(policy.pool, cast(str, self.request.id))
+            except redis.RedisError as exc:
+                logger.warning("run %s not taken out of pool %s's line (%s)", self.request.id, policy.pool, exc)
 
     def _pool_full(self, policy: RunPolicy, spec: pools.PoolSpec, admission: pools.Admission) -> None:
         in_use = f"{admission.in_use} of {spec.size} slots in use"
@@ -169,7 +184,11 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
             self._mark(states.WAITING, {"reason": f"waiting for a slot of pool {spec.name} ({in_use})",
                                         "waiting_for": "pool", "pool": spec.name,
                                         "position": admission.position})  # fmt: skip
-        self._requeue(countdown=POOL_POLL_SECONDS)
+        try:
+            self._requeue(countdown=POOL_POLL_SECONDS)
+        except Exception:
+            self.leave_pool_line(policy)  # it will not ask again: it must not hold the line
+            raise
         raise Ignore()
 
     @contextmanager

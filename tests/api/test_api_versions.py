@@ -178,3 +178,49 @@ def test_a_schedule_made_before_versions_gets_its_state_as_found_at_its_first_ch
     assert found is not None and found.snapshot["schedule"]["hour"] == "9"
     assert send(api, "post", f"/api/schedules/{pk}/versions/1/restore/").status_code == 200
     assert PeriodicTask.objects.get(pk=pk).crontab.hour == "9"
+
+
+@pytest.mark.parametrize("number", ["0", "99", "9" * 30])
+def test_a_version_that_does_not_exist_is_a_404_at_both_doors_whatever_its_number(api: Client, number: str) -> None:
+    pk = made(api)
+    for path in (f"/api/schedules/{pk}/versions/{number}/", f"/admin/django_celery_beat/periodictask/{pk}/versions/"
+                 f"{number}/"):  # fmt: skip
+        client = api if path.startswith("/api/") else Client()
+        if client is not api:
+            client.force_login(User.objects.get(username="boss"))
+        assert client.get(path).status_code == 404, path
+    assert send(api, "post", f"/api/schedules/{pk}/versions/{number}/restore/").status_code == 404
+    assert kept(pk) == [(1, "create", "api", "boss")]
+
+
+def test_a_restore_clears_what_the_version_had_empty_and_pauses_as_the_version_was(api: Client) -> None:
+    pk = made(api)
+    assert send(api, "post", f"/api/schedules/{pk}/pause/", {"note": "freeze"}).status_code == 200
+    changed = {"priority": 5, "queue": "reports", "policy": {"max_retries": 9}}
+    assert send(api, "post", f"/api/schedules/{pk}/resume/").status_code == 200
+    assert send(api, "patch", f"/api/schedules/{pk}/", changed).status_code == 200
+    assert send(api, "post", f"/api/schedules/{pk}/versions/2/restore/").status_code == 200  # the paused one
+    task = PeriodicTask.objects.get(pk=pk)
+    assert (task.priority, task.queue, task.policy.max_retries) == (None, None, None)
+    assert not task.enabled and task.policy.paused_at is not None
+    assert task.policy.pause_note == "restored version 2, which was paused"
+
+
+def test_seeding_keeps_no_as_found_version_from_its_own_diff() -> None:
+    call_command("seed_default_tasks", stdout=StringIO())
+    task = PeriodicTask.objects.order_by("pk").first()
+    assert task is not None
+    ScheduleVersion.objects.all().delete()  # as schedules seeded before this release
+    audit.record(None, "update", task, via="command", changes={"seeded": "k", "schedule": ["cron 0 2 * * * UTC", "x"]})
+    assert kept(task.pk) == [(1, "update", "command", "system")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pause_outside_any_transaction_keeps_its_version() -> None:
+    """The API's pause and resume run in no transaction of their own (nor the test's here):
+    keeping the version locks the schedule's row, which PostgreSQL allows only inside one."""
+    api = token_client(User.objects.create_superuser("boss", password="x"))
+    pk = made(api)
+    assert send(api, "post", f"/api/schedules/{pk}/pause/", {"note": "n"}).status_code == 200
+    assert send(api, "post", f"/api/schedules/{pk}/resume/").status_code == 200
+    assert [row[1] for row in kept(pk)] == ["create", "pause", "resume"]

@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler_app.beat import leader
 from scheduler_app.connection import redis_client
-from scheduler_app.models import ScheduleHealth
+from scheduler_app.models import Pool, ScheduleHealth
+from scheduler_app.runs import pools
 
 pytestmark = pytest.mark.django_db
 TOKEN = "s3cret-metrics-token"
@@ -173,6 +174,21 @@ def test_it_reports_the_broker_the_workers_and_each_beat_with_its_leader() -> No
     assert value(samples, "beatkeeper_beat_lag_seconds", node="beat-metrics-lead") == 0.25
     assert value(samples, "beatkeeper_beat_sent_total", node="beat-metrics-lead") == 7
     assert 0 <= (value(samples, "beatkeeper_beat_seconds_since_tick", node="beat-metrics-lead") or -1) < 5
+
+
+@override_settings(**OPEN)
+def test_it_reports_each_pools_size_slots_in_use_and_runs_waiting(key: str) -> None:
+    pool = Pool.objects.create(name=key, size=1)
+    holder, waiter = pools.PoolSlot(pool.spec(), "run-a"), pools.PoolSlot(pool.spec(), "run-b")
+    try:
+        assert holder.acquire().admitted and not waiter.acquire().admitted
+        samples = scrape()
+    finally:
+        holder.release()
+    assert value(samples, "beatkeeper_pool_size", pool=key) == 1
+    assert value(samples, "beatkeeper_pool_slots_in_use", pool=key) == 1
+    assert value(samples, "beatkeeper_pool_waiting", pool=key) == 1
+    assert value(samples, "beatkeeper_collector_success", part="pools") == 1
 
 
 @override_settings(**OPEN)

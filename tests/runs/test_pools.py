@@ -128,6 +128,31 @@ def test_a_task_joins_its_default_pool_and_a_schedule_may_pick_another(tmp_path:
     assert json.loads(row.result or "{}")["pool"] == key  # the schedule's pool, not the task's
 
 
+def test_runs_waiting_in_a_pools_line_do_not_spend_their_tasks_rate(tmp_path: Path, key: str) -> None:
+    """tests.pooled_rated allows 4 starts a minute: the four runs start once each, though the
+    three behind the first ask for the slot every second meanwhile."""
+    Pool.objects.create(name=key, size=1)
+    with worker(tmp_path, *TASKS, concurrency=2):
+        ids = [send("tests.pooled_rated", key, {"pool": key}, seconds=1.5) for _ in range(4)]
+        done = wait_for(lambda: len(rows := recorded(ids)) == 4 and rows, 40, "the four runs, well inside the minute")
+    spans = sorted((json.loads(r.result or "{}")["began"], json.loads(r.result or "{}")["ended"]) for r in done)
+    assert most_at_once(spans) == 1 and spans[-1][0] - spans[0][0] < 30  # one at a time, no wait for the rate
+
+
+def test_a_run_revoked_while_it_waits_leaves_the_line_at_once(tmp_path: Path, key: str) -> None:
+    Pool.objects.create(name=key, size=1, lease=600)
+    with worker(tmp_path, *TASKS, concurrency=2):
+        first = send("tests.pooled", key, {"pool": key}, seconds=4)
+        wait_for(lambda: holding(key, first), 30, "the first run to hold the slot", 0.05)
+        second = send("tests.pooled", key, {"pool": key})
+        wait_for(lambda: [run for run, _ in pools.occupancy(key).waiting] == [second], 30, "the second to wait")
+        current_app.control.revoke(second)
+        wait_for(lambda: pools.occupancy(key).waiting == [], pools.STALE_SECONDS - 5, "the revoked run to leave")
+        third = send("tests.pooled", key, {"pool": key}, seconds=0.1)
+        wait_for(lambda: recorded([first, third]), 40, "the first and third runs")
+    assert not recorded([second])  # it never ran
+
+
 def kill(proc: Process) -> None:
     """SIGKILL the whole worker: its main process and its pool."""
     import os
