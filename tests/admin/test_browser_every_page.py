@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
-from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from django_celery_beat.models import (
     ClockedSchedule,
@@ -35,6 +34,7 @@ from scheduler_app.models import AuditEntry, Incident, ScheduleHealth, ScheduleP
 from scheduler_app.runs import dead_letters
 from scheduler_app.runs.dead_letters import DeadLetter
 from tests.browser import check_legible, force_login, login
+from tests.routes import all_routes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PASSWORD = "correct horse battery staple"
@@ -278,17 +278,7 @@ NOT_PAGES = {  # what answers no page of its own: a fragment, JSON, a redirect, 
 
 def console_addresses() -> set[str]:
     """The routes of the HTML pages under /admin/ and /api/docs, /api/redoc (the rest of /api/ is JSON)."""
-    found: set[str] = set()
-
-    def walk(patterns: list[URLPattern | URLResolver], prefix: str) -> None:
-        for pattern in patterns:
-            if isinstance(pattern, URLResolver):
-                walk(pattern.url_patterns, prefix + str(pattern.pattern))
-            else:
-                found.add(prefix + str(pattern.pattern))
-
-    walk(get_resolver().url_patterns, "")
-    return {p for p in found if p.startswith("admin/") or p in ("api/docs/", "api/redoc/")}
+    return {p for p in all_routes() if p.startswith("admin/") or p in ("api/docs/", "api/redoc/")}
 
 
 def test_the_list_of_pages_is_every_console_page() -> None:

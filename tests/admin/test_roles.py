@@ -19,7 +19,7 @@ from django.contrib import admin
 from django.contrib.auth.models import Group, User
 from django.db import models
 from django.test import Client
-from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 from django_celery_results.models import TaskResult
@@ -34,6 +34,7 @@ from tests.admin.test_console_admin import form_data
 from tests.backfill_clock import HOUR, NOW
 from tests.hardening.test_dead_letters import letter
 from tests.roles_kit import PEOPLE, may, person
+from tests.routes import all_routes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TASK = "maintenance.purge_expired_sessions"
@@ -204,17 +205,7 @@ def test_each_console_page_answers_whoever_may_open_it_and_refuses_the_rest(who:
 
 
 def console_routes() -> set[str]:
-    found: set[str] = set()
-
-    def walk(patterns: list[URLPattern | URLResolver], prefix: str) -> None:
-        for pattern in patterns:
-            if isinstance(pattern, URLResolver):
-                walk(pattern.url_patterns, prefix + str(pattern.pattern))
-            else:
-                found.add(prefix + str(pattern.pattern))
-
-    walk(get_resolver().url_patterns, "")
-    return {route for route in found if route.startswith("admin/")}
+    return {route for route in all_routes() if route.startswith("admin/")}
 
 
 def test_every_registered_admin_and_every_console_route_has_an_expectation() -> None:
