@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Literal, cast
 
 import redis
@@ -67,6 +68,13 @@ class Admission:
 _loader: Callable[[str], PoolSpec | None] | None = None
 
 
+@cache
+def run_client() -> redis.Redis:
+    """The client of the runs' own calls (admission, renewal, release), made once per process:
+    a client per run would open a connection per run (redis-py's pool reconnects after a fork)."""
+    return redis_client()
+
+
 def set_loader(load: Callable[[str], PoolSpec | None]) -> None:
     """Where a definition missing from Redis is read from (the app's `pools.definition_from_db`)."""
     global _loader
@@ -97,7 +105,7 @@ def definition(name: str, client: redis.Redis | None = None) -> PoolSpec | None:
     """The pool named `name` as published; else, or when published more than REFRESH_SECONDS
     ago (a save whose publication failed is then caught up), as the loader reads it, published
     again. With the database unreachable, the published one holds."""
-    client = client or redis_client()
+    client = client or run_client()
     raw = cast("bytes | None", client.hget(DEFINITIONS, name))
     published = json.loads(raw) if raw is not None else None
     if published is not None and (_loader is None or time.time() - float(published.get("at", 0)) < REFRESH_SECONDS):
@@ -172,13 +180,13 @@ class PoolSlot:
 
     spec: PoolSpec
     owner: str  # the run's task id: a retry or a redelivery of the run finds its own slot
-    client: redis.Redis = field(default_factory=redis_client)
+    client: redis.Redis = field(default_factory=run_client)
     held: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
     _renewer: threading.Thread | None = None
 
     def acquire(self, when_full: PoolFull = "wait") -> Admission:
-        script = self.client.register_script(_ACQUIRE)
+        script = self.client.register_script(_ACQUIRE)  # EVALSHA: the script is sent once per connection
         keys = [holders_key(self.spec.name), line_key(self.spec.name), seen_key(self.spec.name)]
         stale_ms = STALE_SECONDS * 1000
         answer = cast(

@@ -171,7 +171,7 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
         """A run that will not ask for its pool's slot again leaves the pool's line."""
         if policy.pool:
             try:
-                pools.leave_line(policy.pool, cast(str, self.request.id))
+                pools.leave_line(policy.pool, cast(str, self.request.id), pools.run_client())
             except redis.RedisError as exc:
                 logger.warning("run %s not taken out of pool %s's line (%s)", self.request.id, policy.pool, exc)
 
