@@ -122,6 +122,21 @@ def definition(name: str, client: redis.Redis | None = None) -> PoolSpec | None:
     return spec
 
 
+LOCAL_SECONDS = 2.0  # a worker process reuses a definition it read this long (a change lands within it)
+_read: dict[str, tuple[float, PoolSpec | None]] = {}
+
+
+def definition_for_run(name: str) -> PoolSpec | None:
+    """`definition`, kept by the process for LOCAL_SECONDS: one Redis call less per run."""
+    now = time.monotonic()
+    found = _read.get(name)
+    if found is not None and now - found[0] < LOCAL_SECONDS:
+        return found[1]
+    spec = definition(name)
+    _read[name] = (now, spec)
+    return spec
+
+
 def _spec(name: str, values: dict[str, object]) -> PoolSpec:
     return PoolSpec(name, int(str(values["size"])), int(str(values["lease"])), str(values.get("rate") or ""))
 

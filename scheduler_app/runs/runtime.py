@@ -146,7 +146,7 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
             self._rates(policy, None)
             yield None
             return
-        spec = pools.definition(policy.pool)
+        spec = pools.definition_for_run(policy.pool)
         if spec is None:
             raise UnknownPool(f"{self.name}: no pool named {policy.pool!r}; create it (console: Pools, or "
                               "POST /api/pools/) or take the pool out of the task or the schedule")  # fmt: skip
