@@ -15,7 +15,6 @@ import json
 import logging
 from typing import Any
 
-import redis
 from celery import states as celery_states
 from celery.signals import before_task_publish, task_prerun, task_received, task_revoked
 from django.db import DatabaseError
@@ -117,10 +116,9 @@ def leave_pool_line(task: Any, request: Any) -> None:
         return
     try:
         pool = policy.with_overrides(header_of(request).get("policy")).pool
-        if pool:
-            pools.leave_line(pool, request.id)
-    except (ValueError, redis.RedisError) as exc:
-        logger.warning("run %s not taken out of its pool's line (%s)", request.id, exc)
+    except ValueError:  # a bad override: the run ran under its task's own policy
+        pool = policy.pool
+    pools.leave_line(pool, request.id)
 
 
 def recorded_run(task_id: str) -> TaskResult | None:

@@ -261,11 +261,17 @@ def occupancy(name: str, client: redis.Redis | None = None) -> Occupancy:
     )
 
 
-def leave_line(name: str, owner: str, client: redis.Redis | None = None) -> None:
-    """A waiting run that will not ask again (revoked, expired, not sent again) leaves the line."""
-    client = client or redis_client()
-    client.zrem(line_key(name), owner)
-    client.zrem(seen_key(name), owner)
+def leave_line(name: str, owner: str) -> None:
+    """A waiting run that will not ask again (revoked, expired, not sent again) leaves the line;
+    Redis unreachable, it leaves when it goes stale."""
+    if not name:
+        return
+    try:
+        client = run_client()
+        client.zrem(line_key(name), owner)
+        client.zrem(seen_key(name), owner)
+    except redis.RedisError as exc:
+        logger.warning("run %s not taken out of pool %s's line (%s)", owner, name, exc)
 
 
 def forget(name: str, client: redis.Redis | None = None) -> None:

@@ -117,7 +117,7 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
         policy = self.effective_policy()
         if getattr(self.request, "revoked_while_queued", False):
             self._mark(celery_states.REVOKED, {"reason": "revoked before it started"})
-            self.leave_pool_line(policy)
+            pools.leave_line(policy.pool, self.request.id)
             raise Ignore()
         # The pool's slot first: a run waiting in line does not spend the task's rate on each ask.
         with self._pool_slot(policy), self._overlap_guard(policy):
@@ -167,14 +167,6 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
         if spec is not None and spec.rate:
             self._within_rate(spec.rate, scope=f"pool:{spec.name}", what=f"pool {spec.name}")
 
-    def leave_pool_line(self, policy: RunPolicy) -> None:
-        """A run that will not ask for its pool's slot again leaves the pool's line."""
-        if policy.pool:
-            try:
-                pools.leave_line(policy.pool, cast(str, self.request.id), pools.run_client())
-            except redis.RedisError as exc:
-                logger.warning("run %s not taken out of pool %s's line (%s)", self.request.id, policy.pool, exc)
-
     def _pool_full(self, policy: RunPolicy, spec: pools.PoolSpec, admission: pools.Admission) -> None:
         in_use = f"{admission.in_use} of {spec.size} slots in use"
         if policy.pool_full == "skip":
@@ -187,7 +179,7 @@ class PlatformTask(Task[_P, _R]):  # generic like Celery's Task: the task functi
         try:
             self._requeue(countdown=POOL_POLL_SECONDS)
         except Exception:
-            self.leave_pool_line(policy)  # it will not ask again: it must not hold the line
+            pools.leave_line(policy.pool, cast(str, self.request.id))  # it will not ask again
             raise
         raise Ignore()
 
