@@ -29,9 +29,11 @@ TASKS = ("--include", "tests.tasks")
 FAST_REDELIVERY = "15"  # seconds before a dead worker's message is delivered again
 
 
-def send(task: str, key: str, policy: dict[str, Any], **kwargs: Any) -> str:
+def send(task: str, key: str, policy: dict[str, Any], queue: str | None = None, **kwargs: Any) -> str:
     header = {"schedule": key, "trigger": "api", "policy": policy}
-    return str(current_app.send_task(task, kwargs={"key": key, **kwargs}, headers={"beatkeeper": header}).id)
+    options: dict[str, Any] = {"queue": queue} if queue else {}
+    sent = current_app.send_task(task, kwargs={"key": key, **kwargs}, headers={"beatkeeper": header}, **options)
+    return str(sent.id)
 
 
 def most_at_once(spans: list[tuple[float, float]]) -> int:
@@ -164,13 +166,19 @@ def kill(proc: Process) -> None:
 def test_a_sigkilled_workers_slot_comes_back_within_its_lease_and_every_run_finishes_once(
     tmp_path: Path, key: str
 ) -> None:
+    """The doomed worker consumes one queue, the survivor that one and another: the second run
+    goes to the other, so its asks for the slot (messages sent again, as a retry is) stay on
+    the survivor. Had the doomed worker reserved one, it would come back only after the
+    broker's visibility timeout, as any Celery message held by a dead worker does."""
     lease = 5
     Pool.objects.create(name=key, size=1, lease=lease)
-    with worker(tmp_path, *TASKS, CELERY_VISIBILITY_TIMEOUT=FAST_REDELIVERY) as doomed:
-        first = send("tests.pooled", key, {"pool": key}, seconds=6)
+    shared, survivors = f"{key}-shared", f"{key}-survivor"
+    fast = {"CELERY_VISIBILITY_TIMEOUT": FAST_REDELIVERY}
+    with worker(tmp_path, *TASKS, "--queues", shared, **fast) as doomed:
+        first = send("tests.pooled", key, {"pool": key}, queue=shared, seconds=6)
         wait_for(lambda: holding(key, first), 30, "the doomed worker's run to hold the slot", 0.05)
-        with worker(tmp_path, *TASKS, CELERY_VISIBILITY_TIMEOUT=FAST_REDELIVERY):
-            second = send("tests.pooled", key, {"pool": key}, seconds=0.5)
+        with worker(tmp_path, *TASKS, "--queues", f"{shared},{survivors}", **fast):
+            second = send("tests.pooled", key, {"pool": key}, queue=survivors, seconds=0.5)
             wait_for(lambda: state_of(second)[0] == "WAITING", 30, "the second run to wait", 0.05)
             kill(doomed)
             killed_at = time.time()
