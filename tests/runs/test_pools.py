@@ -173,11 +173,10 @@ def test_a_sigkilled_workers_slot_comes_back_within_its_lease_and_every_run_fini
     lease = 5
     Pool.objects.create(name=key, size=1, lease=lease)
     shared, survivors = f"{key}-shared", f"{key}-survivor"
-    fast = {"CELERY_VISIBILITY_TIMEOUT": FAST_REDELIVERY}
-    with worker(tmp_path, *TASKS, "--queues", shared, **fast) as doomed:
+    with worker(tmp_path, *TASKS, "--queues", shared, CELERY_VISIBILITY_TIMEOUT=FAST_REDELIVERY) as doomed:
         first = send("tests.pooled", key, {"pool": key}, queue=shared, seconds=6)
         wait_for(lambda: holding(key, first), 30, "the doomed worker's run to hold the slot", 0.05)
-        with worker(tmp_path, *TASKS, "--queues", f"{shared},{survivors}", **fast):
+        with worker(tmp_path, *TASKS, "--queues", f"{shared},{survivors}", CELERY_VISIBILITY_TIMEOUT=FAST_REDELIVERY):
             second = send("tests.pooled", key, {"pool": key}, queue=survivors, seconds=0.5)
             wait_for(lambda: state_of(second)[0] == "WAITING", 30, "the second run to wait", 0.05)
             kill(doomed)
