@@ -1,8 +1,13 @@
-"""Beat at 10,000 and 100,000 schedules: our `scheduler_app.beat.Scheduler` against
-django-celery-beat's stock `DatabaseScheduler`, side by side, on PostgreSQL and Redis.
+"""Beat at 10,000, 100,000 and 1,000,000 schedules: our `scheduler_app.beat.Scheduler`
+against django-celery-beat's stock `DatabaseScheduler`, side by side, on PostgreSQL and Redis.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379/9 \\
-        python -m bench.beat [--sizes 10000 100000] [--skip-lateness] [--rules]
+        python -m bench.beat [--sizes 10000 100000 1000000] [--skip-lateness] [--rules]
+
+Stock runs up to 100,000 (`STOCK_MAX`): beyond, it never finishes loading in the time
+budget (django-celery-beat #445), so a larger size prints ours against stock's figure at
+100,000 and ours' growth from 100,000. `python -m bench.generate` writes the same rows
+for anyone to run a beat, the console or the API against.
 
 (`--sizes` with no size runs the lateness part only.) Works in a database of its own
 (<name>_beatkeeper_bench) and in the Redis database of REDIS_URL (default DB 9), whose
@@ -54,6 +59,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bench.common import ROOT, median, setup_django
@@ -64,9 +70,13 @@ CONTENDERS = ("stock", "ours")
 RULED = "ours+rules"  # ours again, a third of the schedules with jitter, H or a calendar (`--rules`)
 LATENESS_INTERVAL_ID = 202  # interval rows 201 (600 s, dispatch) and 202 (10 s, lateness) are the SQL's
 DISPATCH_DUE = 2000
-LATENESS_SIZE, LATENESS_EVERY = 10_000, 20  # every 20th schedule (500) runs every 10 s
-LATENESS_PERIOD, LATENESS_WINDOW, LATENESS_LEAD = 10.0, 60.0, 20.0
-CHILD_TIMEOUT = 600
+LATENESS_SIZE, LATENESS_DUE = 10_000, 500  # defaults: 500 of 10,000 schedules run every 10 s
+LATENESS_PERIOD, LATENESS_WINDOW = 10.0, 60.0
+FAILOVER_WINDOW = 120.0  # `--failover`: the leader is SIGKILLed half-way
+CHILD_TIMEOUT = 1800
+STOCK_MAX = 100_000  # stock is measured up to this size
+BULK_EDIT = 10_000  # rows changed by one bulk edit (`bulk_edit`)
+STANDBY_DUE, STANDBY_RUN = 5_000, 20.0  # the standby phase: 5,000 due every 10 s, followed for 20 s
 
 RESET_SQL = """
 TRUNCATE scheduler_app_schedulechange, scheduler_app_schedulepolicy, django_celery_beat_periodictask,
@@ -129,6 +139,15 @@ TARGETS: dict[str, tuple[str, Callable[[float, float], bool]]] = {  # metric -> 
     "dispatch tasks/s": ("> 1000/s", lambda ours, stock: ours > 1000),
 }
 ALWAYS = {"dispatch tasks/s"}  # targets that hold at any size; the others at 100,000
+MILLION_TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {  # metric -> (text, check(ours)) at 1,000,000
+    "start-up s": ("<= 15 s", lambda ours: ours <= 15),
+    "peak RSS MB": ("<= 1,024 MB", lambda ours: ours <= 1024),
+    "idle tick ms": ("< 2 ms", lambda ours: ours < 2),
+    "idle tick ms (housekeeping)": ("< 2 ms", lambda ours: ours < 2),
+    "reload after edit ms": ("< 50 ms", lambda ours: ours < 50),
+    "bulk edit picked up s": ("<= 5 s", lambda ours: ours <= 5),
+    "dispatch tasks/s": ("> 1000/s", lambda ours: ours > 1000),
+}
 ROWS = (  # label, figure
     ("entries held", "main.entries"),
     ("start-up s", "main.startup_s"),
@@ -141,6 +160,12 @@ ROWS = (  # label, figure
     ("  its database part, median ms", "main.idle_tick_database_part_ms"),
     ("  slowest housekeeping tick ms", "main.idle_tick_housekeeping_max_ms"),
     ("reload after edit ms", "main.reload_ms"),
+    ("bulk edit picked up s", "main.bulk_edit_s"),
+    ("  by a full reload (1 = yes)", "main.bulk_edit_full_reload"),
+    ("standby takes over ms", "standby.takeover_ms"),
+    ("  marks it read", "standby.takeover_marks"),
+    ("  then its first send ms", "standby.first_send_ms"),
+    ("  slots sent twice", "standby.sent_twice"),
     ("dispatch tasks/s", "dispatch.dispatch_rate"),
     ("  dispatch: sent", "dispatch.sent"),
     ("  dispatch: first publish s", "dispatch.first_publish_s"),
@@ -151,10 +176,28 @@ ROWS = (  # label, figure
 LATENESS_ROWS = (  # label, figure
     ("messages due in the window", "messages"),
     ("  slots in the window at 10 s", "expected"),
+    ("  slots sent twice", "sent_twice"),
+    ("  slots never sent", "never_sent"),
     ("lateness p50 s", "p50_s"),
     ("lateness p99 s", "p99_s"),
     ("lateness max s", "max_s"),
     ("messages of other schedules", "unexpected"),
+    ("database: transactions/s", "db_commits_per_s"),
+    ("database: rows written/s", "db_rows_written_per_s"),
+    ("database: rows read/s", "db_rows_read_per_s"),
+    ("Redis: commands/s", "redis_commands_per_s"),
+)
+FAILOVER_ROWS = (  # label, figure
+    ("leader SIGKILLed after s", "killed_after_s"),
+    ("standby's first send after the kill s", "first_send_after_kill_s"),
+    ("  target: 2 leases + 2 s", "target_s"),
+    ("slots due in the window", "expected"),
+    ("  sent", "messages"),
+    ("  sent twice", "sent_twice"),
+    ("  never sent", "never_sent"),
+    ("lateness p99 s, slots due before the kill", "p99_before_s"),
+    ("lateness max s, slots due during the takeover", "max_during_s"),
+    ("lateness p99 s, slots due after the takeover", "p99_after_s"),
 )
 
 # --- the database and Redis ----------------------------------------------------------------------
@@ -298,6 +341,21 @@ def publish_counter() -> list[float]:
     return published
 
 
+def published_headers() -> list[dict[str, Any]]:
+    """The Beatkeeper header of each publish, from celery's before_task_publish."""
+    from celery.signals import before_task_publish
+
+    from scheduler_app.runs.context import HEADER
+
+    published: list[dict[str, Any]] = []
+
+    def keep(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        published.append((headers or {}).get(HEADER) or {})
+
+    before_task_publish.connect(keep, weak=False)
+    return published
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as status:
         line = next(line for line in status if line.startswith("VmRSS:"))
@@ -405,7 +463,36 @@ def reload_after_edit(name: str, scheduler: Any, count: int = 5, budget: float =
     return {"reload_ms": median(times) * 1000, "reloads": len(times)}
 
 
-def measure_main(name: str) -> dict[str, Any]:
+def bulk_edit(name: str, scheduler: Any, size: int) -> dict[str, float]:
+    """One `QuerySet.update()` of BULK_EDIT rows (a tenth of a smaller size; the stock admin's bulk actions are one,
+    followed by `PeriodicTasks.update_changed()`): the seconds until the scheduler holds
+    every row as changed, and whether it reloaded everything to get there."""
+    from django_celery_beat.models import PeriodicTask, PeriodicTasks
+
+    pks = range(11, 11 + min(BULK_EDIT, size // 10))
+    started = time.perf_counter()
+    PeriodicTask.objects.filter(pk__in=pks).update(interval_id=2, crontab_id=None)
+    PeriodicTasks.update_changed()
+    before = scheduler.store.entries if name != "stock" else None
+    deadline = time.monotonic() + CHILD_TIMEOUT / 3
+    while time.monotonic() < deadline:
+        if name == "stock":
+            scheduler.tick()
+            held = scheduler._schedule
+            if all(held[f"bench-{pk}"].model.interval_id == 2 for pk in (pks[0], pks[-1])):
+                break
+        else:
+            scheduler.housekeeping()
+            if all(scheduler.store.entries[pk].table_key == ("interval", 2) for pk in pks):
+                break
+        time.sleep(0.05)
+    else:
+        raise SystemExit(f"{name} did not pick up the bulk edit")
+    full = name == "stock" or scheduler.store.entries is not before  # stock always reloads everything
+    return {"bulk_edit_s": time.perf_counter() - started, "bulk_edit_full_reload": float(full)}
+
+
+def measure_main(name: str, size: int) -> dict[str, Any]:
     published = publish_counter()
     baseline = rss_mb()
     scheduler, figures = start_up(name)
@@ -413,7 +500,8 @@ def measure_main(name: str) -> dict[str, Any]:
     figures.update(idle(scheduler))
     assert not published, f"{name} sent {len(published)} tasks while nothing was due"
     figures.update(reload_after_edit(name, scheduler))
-    figures["peak_rss_mb"] = peak_rss_mb()
+    figures["peak_rss_mb"] = peak_rss_mb()  # before the bulk edit: stock's full reload holds two schedules at once
+    figures.update(bulk_edit(name, scheduler, size))
     figures["baseline_rss_mb"] = baseline
     scheduler.close()
     return figures
@@ -445,11 +533,68 @@ def measure_dispatch(name: str, size: int, due: int, budget: float) -> dict[str,
     return figures
 
 
+STANDBY_SQL = """
+UPDATE django_celery_beat_periodictask
+SET interval_id = 202, crontab_id = NULL,
+    last_run_at = now() - interval '8 seconds' + ((id / %(every)s) %% 500) * interval '20 milliseconds'
+WHERE id %% %(every)s = 0
+"""
+
+
+def measure_standby(size: int) -> dict[str, Any]:
+    """A leader and a standby in one process, ticking in turn for STANDBY_RUN seconds while
+    STANDBY_DUE schedules come due every 10 s; then the leader dies (its lease runs out,
+    nothing written): how long the standby takes to lead, how many marks it reads to do
+    it, and how soon it sends the next due slot. A slot sent twice would be a message
+    with a (schedule, slot) already seen."""
+    headers = published_headers()
+    heir, _ = construct("ours")  # the standby first, so that the leader is the second
+    dead, _ = construct("ours")
+    dead.tick()
+    assert dead.lease.is_leader, "the second beat did not take the lease"
+    heir.tick()
+    assert not heir.lease.is_leader
+    execute(STANDBY_SQL, {"every": max(1, size // STANDBY_DUE)})  # now both run: first due 2 s from now
+    dead.housekeeping()  # both read the edits from the change log
+    heir.housekeeping()
+    deadline = time.monotonic() + STANDBY_RUN
+    while time.monotonic() < deadline:
+        pause = min(dead.tick(), heir.tick())
+        time.sleep(min(max(pause, 0.0), 0.05))
+    sent_before = len(headers)
+    read: list[int] = []
+    marks = heir.ledger.marks
+
+    def counted(pks: Any) -> dict[int, dt.datetime]:
+        found = list(pks)
+        read.extend(found)
+        result: dict[int, dt.datetime] = marks(found)
+        return result
+
+    heir.ledger.marks = counted
+    redis_client().delete("beatkeeper:beat:leader")  # the leader died: its lease ran out
+    dead.lease._lock = None
+    started = time.perf_counter()
+    heir.redis_housekeeping()
+    took = time.perf_counter() - started
+    assert heir.lease.is_leader, "the standby did not take over"
+    while len(headers) == sent_before and time.perf_counter() - started < 30:
+        time.sleep(min(max(heir.tick(), 0.0), 0.05))
+    first = time.perf_counter() - started
+    slots = [(h["schedule"], h.get("slot") or h["scheduled_for"]) for h in headers]
+    figures = {"takeover_ms": took * 1000, "takeover_marks": len(read), "first_send_ms": first * 1000,
+               "sent": len(slots), "sent_twice": len(slots) - len(set(slots))}  # fmt: skip
+    heir.close()
+    return figures
+
+
 def child(args: argparse.Namespace) -> dict[str, Any]:
     import bench.tasks  # noqa: F401  (registers bench.plain)
 
     if args.phase == "main":
-        return measure_main(args.contender)
+        return measure_main(args.contender, args.size)
+    if args.phase == "standby":
+        return measure_standby(args.size)
     return measure_dispatch(args.contender, args.size, DISPATCH_DUE, args.budget)
 
 
@@ -469,8 +614,10 @@ def run_child(env: dict[str, str], name: str, phase: str, size: int, budget: flo
 
 def measure_size(env: dict[str, str], size: int, budget: float, ruled: bool = False) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
-    for phase in ("main", "dispatch"):
-        for name in (*CONTENDERS, RULED) if ruled else CONTENDERS:
+    contenders = CONTENDERS if size <= STOCK_MAX else ("ours",)
+    for phase in ("main", "dispatch", "standby"):
+        names = ("ours",) if phase == "standby" else (*contenders, RULED) if ruled else contenders
+        for name in names:
             populate(size, ruled=name == RULED)
             clear_redis()
             figures = run_child(env, name, phase, size, budget)
@@ -481,7 +628,7 @@ def measure_size(env: dict[str, str], size: int, budget: float, ruled: bool = Fa
 
 
 def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, float | None, float | None]]:
-    stock, ours = results["stock"], results["ours"]
+    stock, ours = results.get("stock", {}), results["ours"]
     return [(label, stock.get(key), ours.get(key)) for label, key in ROWS]
 
 
@@ -502,14 +649,33 @@ def print_rules_table(size: int, results: dict[str, dict[str, Any]]) -> None:
         print(f"{label:<30}{fmt(before):>12}{fmt(after):>12}{ratio:>9}")
 
 
-def print_table(size: int, results: dict[str, dict[str, Any]]) -> None:
+def print_table(size: int, results: dict[str, dict[str, Any]], at_stock_max: dict[str, dict[str, Any]]) -> None:
     if RULED in results:
         print_rules_table(size, results)
+    if size > STOCK_MAX:
+        print_large_table(size, results, at_stock_max)
+        return
     print(f"\nN = {size:,}   (ratio = ours/stock)")
     print(f"{'':<30}{'stock':>12}{'ours':>12}{'ratio':>9}   target")
     for label, stock, ours in table_rows(results):
         ratio = f"{ours / stock:.3f}" if stock and ours is not None else "-"
         print(f"{label:<30}{fmt(stock):>12}{fmt(ours):>12}{ratio:>9}   {verdict(label, size, ours, stock)}")
+
+
+def print_large_table(size: int, results: dict[str, dict[str, Any]], smaller: dict[str, dict[str, Any]]) -> None:
+    """Beyond STOCK_MAX: ours, stock's figure at STOCK_MAX, and ours' growth from STOCK_MAX."""
+    print(f"\nN = {size:,}   (stock at {STOCK_MAX:,}: it does not load {size:,} in the budget; "
+          f"growth = ours at {size:,} / ours at {STOCK_MAX:,})")  # fmt: skip
+    print(f"{'':<30}{'stock@100k':>12}{'ours':>12}{'growth':>9}   target")
+    for label, key in ROWS:
+        stock, ours = smaller.get("stock", {}).get(key), results["ours"].get(key)
+        before = smaller.get("ours", {}).get(key)
+        growth = f"{ours / before:.2f}" if before and ours is not None else "-"
+        target = ""
+        if label in MILLION_TARGETS:
+            text, check = MILLION_TARGETS[label]
+            target = f"{text}: " + ("no figure" if ours is None else "met" if check(ours) else "MISSED")
+        print(f"{label:<30}{fmt(stock):>12}{fmt(ours):>12}{growth:>9}   {target}")
 
 
 def verdict(label: str, size: int, ours: float | None, stock: float | None) -> str:
@@ -526,33 +692,86 @@ def verdict(label: str, size: int, ours: float | None, stock: float | None) -> s
 # --- lateness with a real beat -------------------------------------------------------------------------
 
 
-def populate_lateness() -> tuple[dt.datetime, dict[str, dt.datetime]]:
-    """10,000 schedules, 500 of them every 10 s from `start` on; their first due times."""
+@dataclass(frozen=True)
+class Load:
+    """The lateness load: `due` of `size` schedules every 10 s, phases spread over the 10 s,
+    watched for `window` seconds."""
+
+    size: int
+    due: int
+    window: float
+
+    @property
+    def every(self) -> int:
+        return max(1, self.size // self.due)
+
+    @property
+    def lead(self) -> float:
+        """Seconds from the load to its first slot: a beat's start-up at this size, and more."""
+        return 20.0 + 40.0 * self.size / 1_000_000
+
+
+def populate_lateness(load: Load) -> tuple[dt.datetime, dict[str, list[dt.datetime]]]:
+    """The schedules of `load`, and each due one's slots inside the window from `start`."""
     from django_celery_beat.models import PeriodicTask
 
-    populate(LATENESS_SIZE)
-    start = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=LATENESS_LEAD)
-    execute(LATENESS_SQL, {"start": start, "every": LATENESS_EVERY})
-    period = dt.timedelta(seconds=LATENESS_PERIOD)
-    rows = PeriodicTask.objects.filter(interval_id=LATENESS_INTERVAL_ID).values_list("name", "last_run_at")
-    return start, {name: last_run_at + period for name, last_run_at in rows}
+    populate(load.size)
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=load.lead)
+    execute(LATENESS_SQL, {"start": start, "every": load.every})
+    execute("TRUNCATE scheduler_app_schedulechange RESTART IDENTITY")  # before any beat: a load, not a change
+    period, end = dt.timedelta(seconds=LATENESS_PERIOD), start + dt.timedelta(seconds=load.window)
+    slots = {}
+    for name, last_run_at in PeriodicTask.objects.filter(interval_id=LATENESS_INTERVAL_ID).values_list(
+        "name", "last_run_at"
+    ):
+        due, found = last_run_at + period, []
+        while due < end:
+            found.append(due)
+            due += period
+        slots[name] = found
+    return start, slots
 
 
-def run_beat(env: dict[str, str], name: str, until: dt.datetime) -> None:
+def start_beat(env: dict[str, str], name: str, label: str) -> tuple[subprocess.Popen[bytes], Any]:
     argv = [sys.executable, "-m", "celery", "-A", "project", "beat", "--loglevel", "WARNING"]
-    argv += ["--schedule", str(ROOT / "var" / "bench" / "celerybeat-schedule")]
+    argv += ["--schedule", str(ROOT / "var" / "bench" / f"celerybeat-schedule-{label}")]
     argv += ["--scheduler", STOCK_PATH] if name == "stock" else []
-    log = ROOT / "var" / "bench" / f"beat-{name}.log"
-    with log.open("w") as output:
-        beat = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            while dt.datetime.now(dt.UTC) < until:
-                if beat.poll() is not None:
-                    raise SystemExit(f"the {name} beat stopped (exit {beat.returncode}); see {log}")
-                time.sleep(0.5)
-        finally:
+    log = (ROOT / "var" / "bench" / f"beat-{label}.log").open("w")
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log
+
+
+def wait_until(moment: dt.datetime, beats: list[subprocess.Popen[bytes]]) -> None:
+    while dt.datetime.now(dt.UTC) < moment:
+        for beat in beats:
+            if beat.poll() is not None:
+                raise SystemExit(f"a beat stopped (exit {beat.returncode}); see var/bench/beat-*.log")
+        time.sleep(0.2)
+
+
+def stop_beats(beats: list[tuple[subprocess.Popen[bytes], Any]]) -> None:
+    for beat, log in beats:
+        if beat.poll() is None:
             beat.send_signal(signal.SIGTERM)
             beat.wait(60)
+        log.close()
+
+
+def beats_alive() -> list[dict[str, Any]]:
+    from scheduler_app.beat import leader
+
+    found: list[dict[str, Any]] = leader.heartbeat(redis_client())["beats"]
+    return found
+
+
+def wait_for_beats(count: int, beats: list[subprocess.Popen[bytes]], size: int, timeout: float = 300.0) -> None:
+    """Until `count` beats say, in their heartbeat, that they hold every schedule."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        loaded = [beat for beat in beats_alive() if beat.get("schedules", 0) >= size]
+        if len(loaded) >= count:
+            return
+        wait_until(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.5), beats)
+    raise SystemExit(f"{count} beat(s) did not load {size:,} schedules within {timeout:.0f} s")
 
 
 def beat_messages() -> dict[str, list[dict[str, Any]]]:
@@ -568,24 +787,34 @@ def beat_messages() -> dict[str, list[dict[str, Any]]]:
     return by_name
 
 
-def lateness_ours(by_name: dict[str, list[dict[str, Any]]], window: tuple[dt.datetime, dt.datetime]) -> list[float]:
-    late = []
-    for stamps in by_name.values():
+def sent_slots(
+    by_name: dict[str, list[dict[str, Any]]], slots: dict[str, list[dt.datetime]]
+) -> tuple[list[tuple[dt.datetime, float]], int, int]:
+    """Ours stamps each message with its slot: the (slot, lateness) of each slot in the
+    window, and how many slots were sent twice and never."""
+    sent: dict[tuple[str, dt.datetime], list[float]] = {}
+    for name, stamps in by_name.items():
         for stamp in stamps:
             due = dt.datetime.fromisoformat(stamp["scheduled_for"])
-            if window[0] <= due < window[1]:
-                late.append((dt.datetime.fromisoformat(stamp["queued_at"]) - due).total_seconds())
-    return late
+            late = (dt.datetime.fromisoformat(stamp["queued_at"]) - due).total_seconds()
+            sent.setdefault((name, due), []).append(late)
+    wanted = {(name, due) for name, dues in slots.items() for due in dues}
+    found = [(due, min(lates)) for (name, due), lates in sent.items() if (name, due) in wanted]
+    twice = sum(len(lates) - 1 for key, lates in sent.items() if key in wanted)
+    return found, twice, len(wanted - set(sent))
+
+
+Window = tuple[dt.datetime, dt.datetime]
 
 
 def lateness_stock(
-    by_name: dict[str, list[dict[str, Any]]], first_due: dict[str, dt.datetime], window: tuple[dt.datetime, dt.datetime]
+    by_name: dict[str, list[dict[str, Any]]], slots: dict[str, list[dt.datetime]], window: Window
 ) -> list[float]:
     """Stock sets last_run_at to the moment it sends: each next run is due 10 s after the
     previous publish, the first 10 s after last_run_at as loaded."""
     late = []
     for name, stamps in by_name.items():
-        due = first_due[name]
+        due = slots[name][0]
         for stamp in stamps:
             queued = dt.datetime.fromisoformat(stamp["queued_at"])
             if window[0] <= due < window[1]:
@@ -596,41 +825,128 @@ def lateness_stock(
 
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
-def measure_lateness(env: dict[str, str], name: str) -> dict[str, Any]:
-    start, first_due = populate_lateness()
+def load_counters() -> dict[str, float]:
+    """The bench database's transactions and rows, and Redis's commands, so far."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted, tup_returned + tup_fetched"
+            " FROM pg_stat_database WHERE datname = current_database()"
+        )
+        commits, written, read = cursor.fetchone()
+    commands = redis_client().info("stats")["total_commands_processed"]
+    return {"db_commits": commits, "db_rows_written": written, "db_rows_read": read, "redis_commands": commands}
+
+
+def per_second(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """PostgreSQL's statistics reach pg_stat_database a moment late: read `after` once they did."""
+    return {f"{key}_per_s": (after[key] - before[key]) / seconds for key in before}
+
+
+def measure_lateness(env: dict[str, str], name: str, load: Load) -> dict[str, Any]:
+    start, slots = populate_lateness(load)
     clear_redis()
-    window = (start, start + dt.timedelta(seconds=LATENESS_WINDOW))
-    run_beat(env, name, until=window[1] + dt.timedelta(seconds=5))
+    window = (start, start + dt.timedelta(seconds=load.window))
+    beats = [start_beat(env, name, name)]
+    try:
+        wait_until(start, [beat for beat, _ in beats])
+        before = load_counters()
+        wait_until(window[1], [beat for beat, _ in beats])
+        time.sleep(1.0)  # PostgreSQL statistics reach pg_stat_database a moment late
+        load_figures = per_second(before, load_counters(), load.window + 1.0)
+        wait_until(window[1] + dt.timedelta(seconds=5), [beat for beat, _ in beats])
+    finally:
+        stop_beats(beats)
     by_name = beat_messages()
     clear_redis()
-    unexpected = sum(len(stamps) for key, stamps in by_name.items() if key not in first_due)
-    by_name = {key: stamps for key, stamps in by_name.items() if key in first_due}
-    late = lateness_ours(by_name, window) if name == "ours" else lateness_stock(by_name, first_due, window)
-    if not late:
-        return {"messages": 0, "unexpected": unexpected}
+    unexpected = sum(len(stamps) for key, stamps in by_name.items() if key not in slots)
+    by_name = {key: stamps for key, stamps in by_name.items() if key in slots}
+    figures: dict[str, Any] = {"expected": sum(map(len, slots.values())), "unexpected": unexpected, **load_figures}
+    if name == "ours":
+        found, figures["sent_twice"], figures["never_sent"] = sent_slots(by_name, slots)
+        late = [lateness for _, lateness in found]
+    else:
+        late = lateness_stock(by_name, slots, window)
+    if late:
+        figures.update(messages=len(late), p50_s=percentile(late, 0.50), p99_s=percentile(late, 0.99), max_s=max(late))
+    return figures
+
+
+def measure_failover(env: dict[str, str], load: Load) -> dict[str, Any]:
+    """Two of our beats; the leader is SIGKILLed half-way through the window. The standby
+    must send the next due slot within 2 lease periods + 2 s, and every slot once."""
+    from django.conf import settings
+
+    start, slots = populate_lateness(load)
+    clear_redis()
+    window = (start, start + dt.timedelta(seconds=load.window))
+    beats = [start_beat(env, "ours", "leader")]
+    try:
+        wait_for_beats(1, [beats[0][0]], load.size)  # the first to load leads
+        beats.append(start_beat(env, "ours", "standby"))
+        wait_for_beats(2, [beat for beat, _ in beats], load.size)
+        leaders = [beat for beat in beats_alive() if beat.get("role") == "leader"]
+        assert len(leaders) == 1, f"not one leader: {leaders}"
+        kill_at = start + dt.timedelta(seconds=load.window / 2)
+        wait_until(kill_at, [beat for beat, _ in beats])
+        beats[0][0].send_signal(signal.SIGKILL)
+        killed = dt.datetime.now(dt.UTC)
+        beats[0][0].wait(10)
+        wait_until(window[1] + dt.timedelta(seconds=10), [beats[1][0]])
+    finally:
+        stop_beats(beats)
+    by_name = {key: stamps for key, stamps in beat_messages().items() if key in slots}
+    clear_redis()
+    after_kill = [
+        dt.datetime.fromisoformat(stamp["queued_at"])
+        for stamps in by_name.values() for stamp in stamps
+        if dt.datetime.fromisoformat(stamp["queued_at"]) > killed
+    ]  # fmt: skip
+    first = (min(after_kill) - killed).total_seconds() if after_kill else float("nan")
+    target = 2 * float(settings.BEAT_LEASE_SECONDS) + 2
+    found, twice, never = sent_slots(by_name, slots)
+    took_over = killed + dt.timedelta(seconds=first if after_kill else target)
     return {
-        "messages": len(late),
-        "expected": len(first_due) * int(LATENESS_WINDOW / LATENESS_PERIOD),
-        "p50_s": percentile(late, 0.50),
-        "p99_s": percentile(late, 0.99),
-        "max_s": max(late),
-        "unexpected": unexpected,
+        "killed_after_s": (killed - start).total_seconds(),
+        "first_send_after_kill_s": first,
+        "target_s": target,
+        "expected": sum(map(len, slots.values())),
+        "messages": len(found),
+        "sent_twice": twice,
+        "never_sent": never,
+        "p99_before_s": percentile([late for due, late in found if due < killed], 0.99),
+        "max_during_s": max([late for due, late in found if killed <= due < took_over] or [float("nan")]),
+        "p99_after_s": percentile([late for due, late in found if due >= took_over + dt.timedelta(seconds=1)], 0.99),
     }
 
 
-def print_lateness(results: dict[str, dict[str, Any]]) -> None:
-    print(f"\nlateness, real beat, {LATENESS_SIZE:,} schedules, 500 every 10 s, {LATENESS_WINDOW:.0f} s window")
+def print_lateness(load: Load, results: dict[str, dict[str, Any]]) -> None:
+    print(f"\nlateness, real beat, {load.size:,} schedules, {load.due:,} every 10 s, {load.window:.0f} s window")
     print(f"{'':<36}{'stock':>10}{'ours':>10}{'ratio':>9}   target")
     for label, key in LATENESS_ROWS:
-        stock, ours = results["stock"].get(key), results["ours"].get(key)
+        stock, ours = results.get("stock", {}).get(key), results["ours"].get(key)
         ratio = f"{ours / stock:.3f}" if stock and ours is not None else "-"
         target = ""
         if key == "p99_s":
             target = "< 1 s: " + ("met" if ours is not None and ours < 1 else "MISSED")
+        if key in ("sent_twice", "never_sent"):
+            target = "0: " + ("met" if ours == 0 else "MISSED")
         print(f"{label:<36}{fmt(stock):>10}{fmt(ours):>10}{ratio:>9}   {target}")
+
+
+def print_failover(load: Load, figures: dict[str, Any]) -> None:
+    print(f"\nfailover, two real beats, {load.size:,} schedules, {load.due:,} every 10 s, {load.window:.0f} s window")
+    for label, key in FAILOVER_ROWS:
+        value, target = figures.get(key), ""
+        if key == "first_send_after_kill_s":
+            target = f"<= {figures['target_s']:.0f} s: " + ("met" if value <= figures["target_s"] else "MISSED")
+        if key in ("sent_twice", "never_sent"):
+            target = "0: " + ("met" if value == 0 else "MISSED")
+        print(f"{label:<48}{fmt(value):>10}   {target}")
 
 
 # --- entry point ----------------------------------------------------------------------------------------
@@ -640,10 +956,14 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--skip-lateness", action="store_true")
+    parser.add_argument("--lateness-size", type=int, default=LATENESS_SIZE, help="schedules of the lateness part")
+    parser.add_argument("--lateness-due", type=int, default=LATENESS_DUE, help="of them, every 10 s")
+    parser.add_argument("--lateness-window", type=float, default=LATENESS_WINDOW, help="seconds watched")
+    parser.add_argument("--failover", action="store_true", help="also two of ours, the leader SIGKILLed")
     parser.add_argument("--budget", type=float, default=90.0, help="seconds stock may spend dispatching")
     parser.add_argument("--rules", action="store_true", help="also ours with a third of the schedules under rules")
     parser.add_argument("--contender", choices=(*CONTENDERS, RULED), help=argparse.SUPPRESS)
-    parser.add_argument("--phase", choices=["main", "dispatch"], help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=["main", "dispatch", "standby"], help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -662,11 +982,16 @@ def main() -> None:
         raise SystemExit("this benchmark measures PostgreSQL: set DATABASE_URL=postgres://...")
     print(f"database: {settings.DATABASES['default']['NAME']}, redis: {settings.REDIS_URL}", flush=True)
     tables = {size: measure_size(env, size, args.budget, args.rules) for size in args.sizes}
-    lateness = {} if args.skip_lateness else {name: measure_lateness(env, name) for name in CONTENDERS}
+    load = Load(args.lateness_size, args.lateness_due, args.lateness_window)
+    contenders = CONTENDERS if load.size <= STOCK_MAX else ("ours",)
+    lateness = {} if args.skip_lateness else {name: measure_lateness(env, name, load) for name in contenders}
+    failover = measure_failover(env, Load(load.size, load.due, FAILOVER_WINDOW)) if args.failover else None
     for size, results in tables.items():
-        print_table(size, results)
+        print_table(size, results, tables.get(STOCK_MAX, {}))
     if lateness:
-        print_lateness(lateness)
+        print_lateness(load, lateness)
+    if failover:
+        print_failover(Load(load.size, load.due, FAILOVER_WINDOW), failover)
 
 
 if __name__ == "__main__":

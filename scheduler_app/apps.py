@@ -10,11 +10,15 @@ class SchedulerAppConfig(AppConfig):
 
     def ready(self) -> None:
         # Signal handlers: run context and expiry (history), the progress throttle (runtime),
-        # the unacked-message heartbeat, the start-up health check, the schedule change log
-        # beat reloads from; the pools published at worker start (pools); beat's configuration
-        # check; the Redis bound of web requests (connection).
+        # the unacked-message heartbeat, the start-up health check; the pools published at
+        # worker start (pools); beat's configuration check; the Redis bound of web requests
+        # (connection); the change log's triggers put back after every migrate (triggers).
+        from django.db.models.signals import post_migrate
+
         from scheduler_app import connection, fleet, pools  # noqa: F401  (fleet: the workers' bk_load inspect command)
-        from scheduler_app.beat import changes, checks  # noqa: F401
+        from scheduler_app.beat import checks, triggers  # noqa: F401
         from scheduler_app.runs import heartbeat, history, runtime, startup  # noqa: F401
+
+        post_migrate.connect(triggers.after_migrate, sender=self, dispatch_uid="beatkeeper-change-log-triggers")
 
         pools.install()  # a worker reads a pool missing from Redis from the database

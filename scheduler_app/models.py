@@ -345,14 +345,15 @@ class BackfillSlot(models.Model):
 class ScheduleChange(models.Model):
     """The change log that lets beat reload only what changed.
 
-    One row per saved or deleted schedule, policy or shared schedule object (written by
-    `scheduler_app.beat.changes`); beat reads the rows after the last one it saw. Rows are kept
-    for an hour (`beat.change_reader.CHANGE_LOG_RETENTION`) and then pruned by the leading beat."""
+    One row per inserted, deleted or changed schedule, policy, link to a calendar, shared
+    schedule object or business calendar, written by the database's row triggers
+    (`scheduler_app.beat.triggers`), whoever wrote the row; beat reads the rows after the last
+    one it saw. Rows are kept for an hour (`beat.change_reader.CHANGE_LOG_RETENTION`) and then
+    pruned by the leading beat."""
 
     TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED = "task", "interval", "crontab", "solar", "clocked"
-    BEAT = "beat"  # a schedule beat itself disabled (one-off sent, expired)
     CALENDAR = "calendar"  # a business calendar or its dates: its schedules are reloaded
-    KINDS = (TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED, BEAT, CALENDAR)
+    KINDS = (TASK, INTERVAL, CRONTAB, SOLAR, CLOCKED, CALENDAR)
 
     kind = models.CharField(max_length=8, choices=[(k, k) for k in KINDS])
     object_id = models.BigIntegerField()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 
 from scheduler_app.beat import rules, slots
 from scheduler_app.beat.due import DueHeap
@@ -19,6 +20,9 @@ from scheduler_app.beat.store import EntryStore
 from scheduler_app.beat.writes import PendingWrites
 
 logger = logging.getLogger(__name__)
+FOLLOW_LAG = 2.0  # seconds a standby gives the leader to send a slot before it looks for the slot's mark
+FOLLOW_BATCH = 10_000  # entries a standby looks at once a second (a backlog the leader works through waits)
+FOLLOWED_KEPT = 120.0  # seconds a standby remembers what it learned from a mark, to write it if it leads
 
 
 class Planner:
@@ -27,6 +31,7 @@ class Planner:
         self.heap = heap
         self.writes = writes
         self.grace = grace
+        self.followed: dict[int, tuple[float, dt.datetime]] = {}  # a standby's: pk -> (when learned, mark)
 
     def decide_safely(self, entry: Entry, now: dt.datetime) -> Send | None:
         try:
@@ -89,16 +94,62 @@ class Planner:
             send.entry.next_slot = send.slot
             self.heap.push(send.entry)
 
-    def take_over(self, marks: dict[int, dt.datetime]) -> None:
-        """Becoming the leader: start from the last slot sent of each schedule, which the
-        marks know even when the previous leader died before writing `last_run_at`."""
-        for pk, mark in marks.items():
-            entry = self.store.entries[pk]
-            if entry.last_run_at is None or mark > entry.last_run_at:
-                entry.last_run_at = mark
-                self.writes.learned(pk, mark)  # the database learns what was sent
-                if entry.one_off:
+    def learn(self, due: list[Entry], marks: dict[int, dt.datetime], now: dt.datetime, leading: bool) -> None:
+        """Entries whose slots came due, and the marks (the last slot sent) of those that have
+        one. An entry whose mark is newer than what it last ran moves on from the mark, which
+        is right even when the leader that sent it died before writing `last_run_at`; the
+        others are as they were. The leader (`leading`: just taken over) writes what it
+        learned and then sends what is still due. A standby writes nothing: it remembers what
+        it learned for when it leads (`took_over`), takes a one-off sent off its heap, and
+        moves on a slot the leader must have skipped (catch-up `skip`, past the grace)."""
+        for entry in due:
+            try:
+                self._learn(entry, marks.get(entry.pk), now, leading)
+            except Exception:  # noqa: BLE001  (one schedule's fault never stops the others)
+                logger.exception("schedule %s cannot be planned; it will not run until it is edited", entry.name)
+
+    def _learn(self, entry: Entry, mark: dt.datetime | None, now: dt.datetime, leading: bool) -> None:
+        if mark is not None and (entry.last_run_at is None or mark > entry.last_run_at):
+            entry.last_run_at = mark
+            if leading:
+                self.writes.learned(entry.pk, mark)  # the database learns what was sent
+            else:
+                self.followed.pop(entry.pk, None)  # kept in the order learned (`forget_followed`)
+                self.followed[entry.pk] = (time.monotonic(), mark)
+            if entry.one_off:  # sent: a leader finishes it; a standby waits for the change log to drop it
+                if leading:
                     self.finish_one_off(entry, mark)
-                    continue
-                self.store.plan(entry)
-        self.heap.rebuild(self.store.entries.values())
+                return
+            self.store.plan(entry)
+        elif not leading and entry.next_slot is not None and self.skipped(entry, now):
+            self.move_on(entry, entry.next_slot, now)
+            return
+        self.heap.push(entry)
+
+    def skipped(self, entry: Entry, now: dt.datetime) -> bool:
+        """Whether the leader skipped the entry's slot rather than send it late."""
+        at = entry.due_at
+        late = (now - at).total_seconds() if at is not None else 0.0
+        return late > self.grace + FOLLOW_LAG and entry.policy.catch_up == "skip" and not entry.clocked
+
+    def took_over(self) -> None:
+        """Becoming the leader: what this beat learned from marks as a standby, the beat that
+        led may not have written (it died first): written again, and a one-off sent is
+        finished (writing a `last_run_at` twice is harmless)."""
+        for pk, (_, mark) in self.followed.items():
+            entry = self.store.entries.get(pk)
+            if entry is None or entry.last_run_at != mark:
+                continue  # dropped or reloaded since: the database had it
+            self.writes.learned(pk, mark)
+            if entry.one_off:
+                self.finish_one_off(entry, mark)
+        self.followed.clear()
+
+    def forget_followed(self, now: float) -> None:
+        """What a standby learned FOLLOWED_KEPT seconds ago the leader has written (it
+        writes once a second)."""
+        while self.followed:
+            pk, (learned, _) = next(iter(self.followed.items()))
+            if now - learned < FOLLOWED_KEPT:
+                return
+            del self.followed[pk]

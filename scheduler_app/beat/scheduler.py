@@ -8,12 +8,12 @@ each readable alone:
 - `store`: the enabled schedules as lean entries (`entries`), with timetables shared
   between the entries that use the same row; loaded once, then reloaded row by row;
 - `due`: a heap of next-due times: a tick looks at the top only, and sends every due entry;
-- `change_reader`: the change log (`changes`), read once a second: only changed rows are
-  reloaded; a bulk update that wrote no log (django-celery-beat's admin actions) is
-  answered with a full reload;
-- `planning`: what a due entry sends (catch-up, expiry, one-offs) and its next slot;
+- `change_reader`: the change log (written by the database's triggers, `triggers`), read
+  once a second: only changed rows are reloaded, a bulk `QuerySet.update()` included;
+- `planning`: what a due entry sends (catch-up, expiry, one-offs) and its next slot; a
+  standby's heap kept current from the leader's marks;
 - `dispatch`: claim, then send, under the leader's lease;
-- `writes`: `last_run_at` written in batches, once a second, with one statement per 500 rows.
+- `writes`: `last_run_at` written in batches, once a second, in one statement.
 
 Dispatch and failover: only the holder of the Redis lease sends (`leader`), and every
 send is first claimed, under the fencing check, as (schedule, slot): a slot is sent once
@@ -25,7 +25,9 @@ heartbeat), then the database (writes, the change log).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import datetime as dt
 import logging
 import time
 from typing import Any, NoReturn
@@ -42,7 +44,7 @@ from scheduler_app.beat.backfill_sender import BackfillSender
 from scheduler_app.beat.change_reader import ChangeReader, Position, prune_change_log
 from scheduler_app.beat.dispatch import Dispatcher
 from scheduler_app.beat.due import DueHeap
-from scheduler_app.beat.planning import Planner
+from scheduler_app.beat.planning import FOLLOW_BATCH, FOLLOW_LAG, Planner
 from scheduler_app.beat.store import EntryStore
 from scheduler_app.beat.writes import PendingWrites
 from scheduler_app.models import SHARED_SCHEDULES, ScheduleChange
@@ -50,6 +52,7 @@ from scheduler_app.runs.context import HEADER
 
 logger = logging.getLogger(__name__)
 PRUNE_EVERY = 300.0  # seconds between two prunings of the change log by the leader
+FULL_RELOAD_ABOVE = 200_000  # more schedules changed at once than this: reload all (a row costs 3x in a reload)
 
 
 class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat ships no types
@@ -59,7 +62,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
         self.lease = leader.Lease(ttl=float(settings.BEAT_LEASE_SECONDS))
         self.ledger = leader.SlotLedger(self.lease)
         self.check_interval = float(settings.BEAT_CHECK_SECONDS)
-        self.due = DueHeap(leading=lambda: self.lease.is_leader)
+        self.due = DueHeap()
         self.writes = PendingWrites(self.ledger)
         self.store = EntryStore(self.due, self.writes)
         self.changes = ChangeReader()
@@ -92,7 +95,10 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
         """The enabled schedules this beat holds, by name: copies of Beatkeeper's lean entries
         (not django-celery-beat's ModelEntry: no `.model`). A snapshot: changes come in
         through the change log on the tick, not by reading this."""
-        return {entry.name: dataclasses.replace(entry) for entry in self.store.entries.values()}
+        return {  # entries that send alike share their options: each copy has its own
+            entry.name: dataclasses.replace(entry, options=copy.deepcopy(entry.options), overrides={**entry.overrides})
+            for entry in self.store.entries.values()
+        }
 
     def install_default_entries(self, data: Any) -> None:
         """Celery's beat adds a nightly `celery.backend_cleanup` when `result_expires` is set,
@@ -197,6 +203,8 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
             if self.lease.hold() and not was_leader:
                 self._take_over()
             self._heartbeat()
+            if not self.lease.is_leader:
+                self._follow()
         except redis.RedisError as exc:
             logger.warning("beat cannot reach Redis, trying again in %.0fs: %s", self.check_interval, exc)
         except Exception:  # noqa: BLE001  (beat keeps ticking; the log says what went wrong)
@@ -221,7 +229,30 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
             logger.exception("beat housekeeping (database part) failed; trying again in %.0fs", self.check_interval)
 
     def _take_over(self) -> None:
-        self.planner.take_over(self.ledger.marks(self.store.entries))
+        """Becoming the leader: the slots due by now may have been sent by the beat that led
+        before; their marks say (only theirs: the heap was kept current meanwhile). What
+        this beat learned as a standby, the database learns now (`Planner.took_over`)."""
+        now = timezone.now()
+        self.planner.took_over()
+        self._learn(self.due.pop_due(now.timestamp(), self.store.entries), now, leading=True)
+
+    def _follow(self) -> None:
+        """A standby, once a second: move on the entries whose slots the leader has sent
+        (their marks), so that its heap is current when it takes over."""
+        now = timezone.now()
+        self.planner.forget_followed(time.monotonic())
+        self._learn(self.due.pop_due(now.timestamp() - FOLLOW_LAG, self.store.entries, FOLLOW_BATCH), now, False)
+
+    def _learn(self, due: list[entries.Entry], now: dt.datetime, leading: bool) -> None:
+        if not due:
+            return
+        try:
+            marks = self.ledger.marks(entry.pk for entry in due)
+        except redis.RedisError:
+            for entry in due:  # as they were: looked at again (a claim never sends a marked slot again)
+                self.due.push(entry)
+            raise
+        self.planner.learn(due, marks, now, leading)
 
     def _heartbeat(self) -> None:
         facts = {
@@ -238,26 +269,26 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
     def apply_changes(self) -> None:
         """Reload what the change log names. The log position moves on only once the
         reloads succeeded, so a database error mid-way means the same rows next time."""
-        rows, bumped = self.changes.read()
-        tasks = {object_id for _, kind, object_id, _ in rows if kind in (ScheduleChange.TASK, ScheduleChange.BEAT)}
+        rows = self.changes.read()
+        tasks = {object_id for _, kind, object_id, _ in rows if kind == ScheduleChange.TASK}
         shared = {(kind, object_id) for _, kind, object_id, _ in rows if kind in SHARED_SCHEDULES}
         calendars = {object_id for _, kind, object_id, _ in rows if kind == ScheduleChange.CALENDAR}
         if shared:
             self.store.reload_tables(shared)
         if calendars:
             tasks |= self.store.reload_calendars(calendars)
+        if len(tasks) > FULL_RELOAD_ABOVE:  # a bulk insert or edit of most of the table: one pass is sooner
+            logger.info("%d schedules changed at once: reloading all of them", len(tasks))
+            self.load_all()  # from the log's position before it: these rows are seen again if it fails
+            if self.lease.is_leader:
+                self._take_over()
+            return
         if tasks:
             gone = self.store.reload_tasks(tasks)
             if gone and self.lease.is_leader:
                 self.ledger.forget(gone)
             logger.info("beat reloaded %d changed schedule(s)", len(tasks))
         self.changes.track_gaps([row[0] for row in rows])
-        edits = [at for _, kind, _, at in rows if kind != ScheduleChange.BEAT]  # beat's own rows explain no bump
-        if self.changes.bulk_update_seen(bumped, edits):
-            logger.info("schedules were changed in bulk, with no change log: reloading all of them")
-            self.load_all()
-            if self.lease.is_leader:
-                self._take_over()
 
     def flush(self) -> None:
         """Write the slots sent since the last flush: `last_run_at` and the run count."""

@@ -53,10 +53,14 @@ class Timetable(Protocol):
 class Interval:
     seconds: float
     zone: str = "UTC"
+    step: dt.timedelta = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "step", dt.timedelta(seconds=self.seconds))  # frozen: set once, here
 
     def slot_after(self, moment: dt.datetime) -> dt.datetime | None:
         try:
-            return moment + dt.timedelta(seconds=self.seconds)
+            return moment + self.step
         except OverflowError:  # past the year 9999: no more slots
             return None
 

@@ -2,8 +2,9 @@
 (`last_run_at`) and its run count, and the schedules to disable (one-offs sent, expired,
 one-offs found to have run already).
 
-A flush writes everything pending in one transaction, with one UPDATE per 500 rows; a
-flush that fails keeps it for the next one, merged with whatever was sent meanwhile.
+A flush writes everything pending in one transaction, with one UPDATE (PostgreSQL: joined
+on arrays; SQLite: Django's bulk_update, 500 rows a statement); a flush that fails keeps
+it for the next one, merged with whatever was sent meanwhile.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 import datetime as dt
 
 import redis
-from django.db import DatabaseError, InterfaceError, transaction
+from django.db import DatabaseError, InterfaceError, connection, transaction
 from django.db.models import F
 from django_celery_beat.models import PeriodicTask
 
 from scheduler_app.beat import leader
-from scheduler_app.models import ScheduleChange
 
 
 class PendingWrites:
@@ -86,15 +86,28 @@ class PendingWrites:
         self.unmark -= done
 
 
+# PostgreSQL: one statement joined on arrays, whatever the count (a CASE per row, as Django's
+# bulk_update writes it, costs the square of the rows: a second for 1,000 rows at 500 sends/s).
+WRITE_SQL = """UPDATE {table} AS t SET last_run_at = v.slot, total_run_count = t.total_run_count + v.runs
+FROM (SELECT unnest(%s::integer[]) AS id, unnest(%s::timestamptz[]) AS slot, unnest(%s::integer[]) AS runs) AS v
+WHERE t.id = v.id
+"""
+
+
 def write(dirty: dict[int, tuple[dt.datetime, int]], disable: set[int]) -> None:
-    rows = [
-        PeriodicTask(pk=pk, last_run_at=slot, total_run_count=F("total_run_count") + runs)
-        for pk, (slot, runs) in dirty.items()
-    ]
-    PeriodicTask.objects.bulk_update(rows, ["last_run_at", "total_run_count"], batch_size=500)
+    if dirty and connection.vendor == "postgresql":
+        pks, slots, runs = list(dirty), [slot for slot, _ in dirty.values()], [ran for _, ran in dirty.values()]
+        with connection.cursor() as cursor:
+            cursor.execute(WRITE_SQL.format(table=connection.ops.quote_name(PeriodicTask._meta.db_table)),
+                           [pks, slots, runs])  # fmt: skip
+    elif dirty:
+        rows = [
+            PeriodicTask(pk=pk, last_run_at=slot, total_run_count=F("total_run_count") + ran)
+            for pk, (slot, ran) in dirty.items()
+        ]
+        PeriodicTask.objects.bulk_update(rows, ["last_run_at", "total_run_count"], batch_size=500)
     if disable:
-        PeriodicTask.objects.filter(pk__in=disable).update(enabled=False, total_run_count=0)
-        log_disabled(disable)
+        PeriodicTask.objects.filter(pk__in=disable).update(enabled=False, total_run_count=0)  # logged by the trigger
 
 
 def disable_if_ran(candidates: dict[int, bool]) -> set[int]:
@@ -106,10 +119,4 @@ def disable_if_ran(candidates: dict[int, bool]) -> set[int]:
             enabled=False, total_run_count=0
         )
     }
-    log_disabled(disabled)
-    return disabled
-
-
-def log_disabled(pks: set[int]) -> None:
-    """Beat's own disables go to the change log too, so every beat drops them."""
-    ScheduleChange.objects.bulk_create(ScheduleChange(kind=ScheduleChange.BEAT, object_id=pk) for pk in pks)
+    return disabled  # the change log has them: the trigger wrote it, so every beat drops them

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -17,13 +18,14 @@ from django.utils import timezone
 from django_celery_beat.models import (
     ClockedSchedule,
     CrontabSchedule,
+    IntervalSchedule,
     PeriodicTask,
     PeriodicTasks,
 )
 
-from scheduler_app.beat import leader
+from scheduler_app.beat import leader, triggers
 from scheduler_app.connection import redis_client
-from scheduler_app.models import SchedulePolicy
+from scheduler_app.models import ScheduleChange, SchedulePolicy
 from scheduler_app.schedules import next_runs
 from tests.beat.beatkit import QUEUE, interval, names, schedule, started
 
@@ -112,32 +114,76 @@ def test_it_follows_an_edit_of_a_shared_crontab() -> None:
     beat.close()
 
 
-def test_it_follows_a_bulk_update_from_the_stock_admin_with_a_full_reload() -> None:
+def test_it_follows_a_bulk_update_from_the_stock_admin_row_by_row_without_a_full_reload() -> None:
     a, b = schedule("bulk a", 30, ago=1), schedule("bulk b", 30, ago=1)
+    kept = schedule("kept", 30, ago=1)
     seven = interval(7)
     beat = started()
+    held, untouched = beat.store.entries, beat.store.entries[kept.pk]
     PeriodicTask.objects.filter(pk=a.pk).update(enabled=False)  # django-celery-beat's admin action
     PeriodicTask.objects.filter(pk=b.pk).update(interval=seven)
     PeriodicTasks.update_changed()
-    beat.housekeeping()  # the bump's change-log row may be a moment late: one more check
-    assert sorted(beat.schedule) == ["bulk a", "bulk b"]
-    beat.housekeeping()
-    assert sorted(beat.schedule) == ["bulk b"]
+    beat.housekeeping()  # the triggers logged both rows
+    assert sorted(beat.schedule) == ["bulk b", "kept"]
     assert beat.schedule["bulk b"].table_key == ("interval", seven.pk)
+    beat.housekeeping()
+    assert beat.store.entries is held and beat.store.entries[kept.pk] is untouched  # no full reload
     beat.close()
 
 
-def test_a_saved_edit_is_not_taken_for_a_bulk_update() -> None:
-    edited = schedule("saved", 30, ago=1)
+def test_the_database_logs_every_write_of_a_schedule_but_beats_own_last_run_at() -> None:
+    task = schedule("logged", 30, ago=1)
+    SchedulePolicy.objects.create(periodic_task=task, max_retries=2)
+    start = ScheduleChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+    def logged() -> list[int]:
+        rows = ScheduleChange.objects.filter(id__gt=start, kind=ScheduleChange.TASK)
+        return list(rows.values_list("object_id", flat=True))
+
+    table = connection.ops.quote_name(PeriodicTask._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET last_run_at = last_run_at, total_run_count = 3")  # noqa: S608  (beat's writes)
+    assert logged() == []
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET queue = 'elsewhere' WHERE id = %s", [task.pk])  # noqa: S608  (raw SQL)
+    SchedulePolicy.objects.filter(periodic_task=task).update(max_retries=5)  # a bulk update of the policies
+    PeriodicTask.objects.filter(pk=task.pk).delete()  # its policy goes with it (logged too)
+    assert logged() == [task.pk] * 4
+
+
+def test_a_saved_edit_reloads_that_schedule_alone() -> None:
+    edited, other = schedule("saved", 30, ago=1), schedule("other", 30, ago=1)
     beat = started()
-    kept = beat.store.entries[edited.pk]
+    kept, untouched = beat.store.entries[edited.pk], beat.store.entries[other.pk]
     edited.interval = interval(9)
-    edited.save()  # bumps PeriodicTasks and writes its change-log row
+    edited.save()
     beat.housekeeping()
     beat.housekeeping()
-    assert beat.store.entries[edited.pk] is not kept and beat.store.entries[edited.pk].table_key[0] == "interval"
-    assert beat.changes._unexplained is None and beat.changes._changes_ts == PeriodicTasks.last_change()
+    assert beat.store.entries[edited.pk] is not kept
+    assert beat.store.entries[edited.pk].table_key == ("interval", edited.interval_id)
+    assert beat.store.entries[other.pk] is untouched
     beat.close()
+
+
+def test_a_bulk_update_of_a_shared_interval_is_followed_without_update_changed() -> None:
+    task = schedule("shared", 30, ago=1)
+    beat = started()
+    IntervalSchedule.objects.filter(pk=task.interval_id).update(every=45)  # no signal, no PeriodicTasks bump
+    beat.housekeeping()
+    assert beat.store.entries[task.pk].next_slot == task.last_run_at + dt.timedelta(seconds=45)
+    beat.close()
+
+
+def test_the_triggers_come_back_after_a_migrate_that_dropped_them() -> None:
+    """SQLite drops a table's triggers when a migration rebuilds it: post_migrate puts them back."""
+    task = schedule("rebuilt", 30, ago=1)
+    start = ScheduleChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    triggers.uninstall(connection)
+    PeriodicTask.objects.filter(pk=task.pk).update(queue="lost")
+    assert not ScheduleChange.objects.filter(id__gt=start).exists()
+    triggers.after_migrate(using="default")
+    PeriodicTask.objects.filter(pk=task.pk).update(queue="found")
+    assert list(ScheduleChange.objects.filter(id__gt=start).values_list("kind", "object_id")) == [("task", task.pk)]
 
 
 def test_a_schedule_that_cannot_run_does_not_stop_the_others(sent: list[dict[str, Any]]) -> None:
@@ -257,6 +303,68 @@ def test_a_new_leader_does_not_send_again_what_a_dead_one_sent_but_never_wrote(s
     assert heir.schedule["weekly"].next_slot == task.last_run_at + dt.timedelta(days=14)
     dead._finalize.cancel()  # it died: no goodbye write
     heir.close()
+
+
+def test_a_standby_follows_the_leaders_marks_and_takes_over_reading_only_those_due_meanwhile(
+    sent: list[dict[str, Any]],
+) -> None:
+    """A standby keeps its heap current: a slot the leader sent over FOLLOW_LAG ago moves the
+    standby's entry on from its mark; taking over then reads the marks of only the slots due
+    since, and sends none of them again, though the dead leader wrote no last_run_at."""
+    now = timezone.now()
+    with time_machine.travel(now, tick=False):
+        followed = schedule("followed", 60, ago=63)  # its slot: 3 s ago
+        recent = schedule("recent", 60, ago=60.5)  # its slot: half a second ago
+        schedule("hourly", 3600, ago=10)
+        dead = started()
+        assert names(sent) == ["followed", "recent"]
+        standby = started()  # its first tick follows: the slots due over FOLLOW_LAG ago
+        assert standby.lease.token is None  # a standby: it never led
+        assert standby.store.entries[followed.pk].next_slot == followed.last_run_at + dt.timedelta(seconds=120)
+        assert standby.store.entries[recent.pk].next_slot == recent.last_run_at + dt.timedelta(seconds=60)  # not yet
+        asked: list[list[int]] = []
+        read_marks = standby.ledger.marks
+
+        def marks(pks: Iterable[int]) -> dict[int, dt.datetime]:
+            asked.append(list(pks))
+            return read_marks(asked[-1])
+
+        standby.ledger.marks = marks  # type: ignore[method-assign]  # which marks it reads, read for real
+        dead._finalize.cancel()  # it dies: no goodbye write
+        redis_client().delete(leader.LEASE_KEY)  # its lease runs out
+        standby.redis_housekeeping()
+        assert standby.lease.is_leader
+        assert asked == [[recent.pk]]  # not the whole heap: only what came due since it last followed
+        assert standby.store.entries[recent.pk].next_slot == recent.last_run_at + dt.timedelta(seconds=120)
+        standby.tick()
+        assert names(sent) == ["followed", "recent"]  # nothing sent twice
+        standby.flush()
+        for task in (followed, recent):  # what the dead leader sent and never wrote, the heir writes
+            slot = task.last_run_at + dt.timedelta(seconds=60)
+            task.refresh_from_db()
+            assert task.last_run_at == slot
+    standby.close()
+
+
+def test_a_one_off_the_dead_leader_sent_is_finished_by_the_standby_not_sent_again(sent: list[dict[str, Any]]) -> None:
+    now = timezone.now()
+    with time_machine.travel(now, tick=False):
+        once = schedule("once", 60, ago=63, one_off=True)  # its one slot: 3 s ago
+        dead = started()
+        assert names(sent) == ["once"]
+        standby = started()  # follows the slot: off its heap, kept until the change log drops it
+        assert once.pk in standby.store.entries and once.pk in standby.planner.followed
+        dead._finalize.cancel()  # it dies before writing anything: the one-off is still enabled
+        redis_client().delete(leader.LEASE_KEY)
+    with time_machine.travel(now + dt.timedelta(seconds=120), tick=False):  # past the grace: no late resend
+        standby.redis_housekeeping()
+        assert standby.lease.is_leader and once.pk not in standby.store.entries
+        standby.tick()
+        standby.flush()
+        assert names(sent) == ["once"]
+        once.refresh_from_db()
+        assert not once.enabled and once.last_run_at == now - dt.timedelta(seconds=3)
+    standby.close()
 
 
 def test_a_leader_that_lost_its_lease_sends_nothing(sent: list[dict[str, Any]]) -> None:

@@ -1,0 +1,44 @@
+"""The change log written by the database itself (`scheduler_app.beat.triggers`): row
+triggers on the schedules, their policies and calendar links, the shared schedule objects
+and the business calendars. The signal handlers that wrote it before are gone, and so is
+the `beat` kind (the triggers log beat's own disables as `task`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import migrations, models
+
+
+def create(apps: Any, schema_editor: Any) -> None:
+    from scheduler_app.beat import triggers
+
+    triggers.install(schema_editor.connection, apps)
+
+
+def drop(apps: Any, schema_editor: Any) -> None:
+    from scheduler_app.beat import triggers
+
+    triggers.uninstall(schema_editor.connection, apps)
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("django_celery_beat", "0019_alter_periodictasks_options"),
+        ("scheduler_app", "0010_schedule_versions"),
+    ]
+
+    operations = [
+        migrations.AlterField(
+            model_name="schedulechange",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("task", "task"), ("interval", "interval"), ("crontab", "crontab"), ("solar", "solar"),
+                    ("clocked", "clocked"), ("calendar", "calendar"),
+                ],
+                max_length=8,
+            ),
+        ),  # fmt: skip
+        migrations.RunPython(create, drop),
+    ]
