@@ -13,12 +13,13 @@ class SchedulerAppConfig(AppConfig):
         # the unacked-message heartbeat, the start-up health check; the pools published at
         # worker start (pools); beat's configuration check; the Redis bound of web requests
         # (connection); the change log's triggers put back after every migrate (triggers).
-        from django.db.models.signals import post_migrate
+        from django.db.models.signals import post_migrate, pre_migrate
 
         from scheduler_app import connection, fleet, pools  # noqa: F401  (fleet: the workers' bk_load inspect command)
         from scheduler_app.beat import checks, triggers  # noqa: F401
         from scheduler_app.runs import heartbeat, history, runtime, startup  # noqa: F401
 
+        pre_migrate.connect(triggers.before_migrate, sender=self, dispatch_uid="beatkeeper-change-log-triggers-off")
         post_migrate.connect(triggers.after_migrate, sender=self, dispatch_uid="beatkeeper-change-log-triggers")
 
         pools.install()  # a worker reads a pool missing from Redis from the database

@@ -19,7 +19,8 @@ from django.utils import timezone
 
 from scheduler_app.models import ScheduleChange
 
-GAP_PATIENCE = 30.0  # seconds a missing change-log id may still turn up (a transaction not yet committed)
+GAP_PATIENCE = 300.0  # seconds a missing change-log id may still turn up (a transaction not yet committed)
+MANY_GAPS = 1_000  # more missing ids than this are looked for as one range
 CHANGE_LOG_RETENTION = dt.timedelta(hours=1)  # a beat that was away longer starts with a full load anyway
 UTC = dt.UTC
 ChangeRow = tuple[int, str, int, dt.datetime]  # (log id, kind, object id, at)
@@ -27,9 +28,11 @@ ChangeRow = tuple[int, str, int, dt.datetime]  # (log id, kind, object id, at)
 
 @functools.cache
 def changes_query() -> tuple[str, tuple[Any, ...]]:
-    """The SQL of `ChangeReader.read`, compiled once (compiling it cost more than running it)."""
-    changes = ScheduleChange.objects.filter(id__gt=0).values_list("id", "kind", "object_id", "at")
-    return changes.query.sql_with_params()
+    """The SQL of `ChangeReader.read`, compiled once (compiling it cost more than running it):
+    the ids after one, in order, at most so many."""
+    changes = ScheduleChange.objects.filter(id__gt=0).order_by("id").values_list("id", "kind", "object_id", "at")
+    sql, params = changes.query.sql_with_params()
+    return f"{sql} LIMIT %s", params
 
 
 def aware(moment: dt.datetime | str) -> dt.datetime:
@@ -56,21 +59,30 @@ class ChangeReader:
         self._gaps: dict[int, float] = {}  # a missing id -> until when it is looked for
 
     def restart(self, position: Position) -> None:
-        """After a full load: read on from where the log stood before it."""
-        self.change_id, self._gaps = position.change_id, {}
+        """After a full load: read on from where the log stood before it. The ids still
+        missing below it are looked for still: their transactions may commit after the load
+        read the tables."""
+        self.change_id = position.change_id
 
-    def read(self) -> list[ChangeRow]:
-        """The new change-log rows (and any still missing from earlier), in id order."""
+    def read(self, most: int) -> list[ChangeRow]:
+        """The new change-log rows, at most `most` (and any still missing from earlier), in id order."""
         now = time.monotonic()
         self._gaps = {gap: deadline for gap, deadline in self._gaps.items() if deadline > now}
         sql, params = changes_query()
         with connection.cursor() as cursor:
-            cursor.execute(sql, [self.change_id])
+            cursor.execute(sql, [self.change_id, most])
             found: list[ChangeRow] = [(pk, kind, oid, aware(at)) for pk, kind, oid, at in cursor.fetchall()]
         if self._gaps:
-            late = ScheduleChange.objects.filter(id__in=list(self._gaps)).values_list("id", "kind", "object_id", "at")
-            found += list(late)
+            found += self._late()
         return sorted(found)
+
+    def _late(self) -> list[ChangeRow]:
+        """The rows of missing ids that turned up (many: one range, not a list of ids)."""
+        rows = ScheduleChange.objects.values_list("id", "kind", "object_id", "at")
+        if len(self._gaps) <= MANY_GAPS:
+            return list(rows.filter(id__in=list(self._gaps)))
+        ranged = rows.filter(id__gte=min(self._gaps), id__lte=max(self._gaps))
+        return [row for row in ranged.iterator(chunk_size=10_000) if row[0] in self._gaps]
 
     def track_gaps(self, ids: list[int]) -> None:
         """Change-log ids are handed out before their transactions commit, so a later id

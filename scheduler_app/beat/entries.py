@@ -8,10 +8,13 @@ per schedule row (`store`). About 0.5 KB an entry.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,15 +64,55 @@ def rows(tasks: QuerySet[PeriodicTask]) -> QuerySet[Any, tuple[Any, ...]]:
     return found
 
 
-def fetch(tasks: QuerySet[PeriodicTask], chunk: int = 10_000) -> Iterator[tuple[Any, ...]]:
+def fetch(tasks: QuerySet[PeriodicTask], chunk: int = 10_000, ahead: bool = False) -> Iterator[tuple[Any, ...]]:
     """The rows of `rows(tasks)`, read through the driver directly, `chunk` at a time (a
-    server-side cursor on PostgreSQL: a million rows never sit in memory at once)."""
+    server-side cursor on PostgreSQL: a million rows never sit in memory at once);
+    `ahead`: on PostgreSQL, the next chunk is read while the caller works on this one."""
     sql, params = rows(tasks).query.sql_with_params()
     server_side = not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")  # off behind PgBouncer
     with connection.chunked_cursor() if server_side else connection.cursor() as cursor:
         cursor.execute(sql, params)
+        if ahead and connection.vendor == "postgresql":
+            yield from read_ahead(cursor, chunk)
+            return
         while found := cursor.fetchmany(chunk):
             yield from found
+
+
+def read_ahead(cursor: Any, chunk: int) -> Generator[tuple[Any, ...], None, None]:
+    """A cursor's rows, `chunk` at a time, the next chunk fetched by a thread of its own
+    meanwhile: the driver waits for the server without holding the GIL, so at a million
+    rows the server's time hides behind the making of entries. The caller does not use the
+    connection until the rows are read; an error of the reader is raised here."""
+    chunks: queue.Queue[list[tuple[Any, ...]] | BaseException] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                found = cursor.fetchmany(chunk)
+                chunks.put(found)
+                if not found:
+                    return
+        except BaseException as exc:  # noqa: BLE001  (handed to the caller, raised there)
+            chunks.put(exc)
+
+    reader = threading.Thread(target=read, name="beat-load-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            found = chunks.get()
+            if isinstance(found, BaseException):
+                raise found
+            if not found:
+                return
+            yield from found
+    finally:
+        stop.set()
+        while reader.is_alive():  # the caller stopped early: let a blocked put through
+            with contextlib.suppress(queue.Empty):
+                chunks.get(timeout=0.05)
+        reader.join()
 
 
 def moment(text: str | dt.datetime | None) -> dt.datetime | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections import deque
 
 from scheduler_app.beat import rules, slots
 from scheduler_app.beat.due import DueHeap
@@ -22,7 +23,7 @@ from scheduler_app.beat.writes import PendingWrites
 logger = logging.getLogger(__name__)
 FOLLOW_LAG = 2.0  # seconds a standby gives the leader to send a slot before it looks for the slot's mark
 FOLLOW_BATCH = 10_000  # entries a standby looks at once a second (a backlog the leader works through waits)
-FOLLOWED_KEPT = 120.0  # seconds a standby remembers what it learned from a mark, to write it if it leads
+FOLLOWED_KEPT = 30.0  # seconds a standby remembers what it learned from a mark, to write it if it leads
 
 
 class Planner:
@@ -31,7 +32,8 @@ class Planner:
         self.heap = heap
         self.writes = writes
         self.grace = grace
-        self.followed: dict[int, tuple[float, dt.datetime]] = {}  # a standby's: pk -> (when learned, mark)
+        self.followed: deque[tuple[float, list[int]]] = deque()  # a standby's: (when, the pks it learned then)
+        self.one_offs_sent: set[int] = set()  # a standby's: one-offs it saw sent, not yet dropped
 
     def decide_safely(self, entry: Entry, now: dt.datetime) -> Send | None:
         try:
@@ -96,35 +98,43 @@ class Planner:
 
     def learn(self, due: list[Entry], marks: dict[int, dt.datetime], now: dt.datetime, leading: bool) -> None:
         """Entries whose slots came due, and the marks (the last slot sent) of those that have
-        one. An entry whose mark is newer than what it last ran moves on from the mark, which
-        is right even when the leader that sent it died before writing `last_run_at`; the
-        others are as they were. The leader (`leading`: just taken over) writes what it
-        learned and then sends what is still due. A standby writes nothing: it remembers what
-        it learned for when it leads (`took_over`), takes a one-off sent off its heap, and
-        moves on a slot the leader must have skipped (catch-up `skip`, past the grace)."""
+        one. An entry whose slot the mark covers moves on from the mark, which is right even
+        when the leader that sent it died before writing `last_run_at`; the others are as
+        they were. The leader (`leading`: just taken over) writes what it learned and then
+        sends what is still due. A standby writes nothing: it remembers what it learned for
+        when it leads (`took_over`), takes a one-off sent off its heap, and moves on a slot
+        the leader must have skipped (catch-up `skip`, past the grace)."""
+        learned: list[int] = []
         for entry in due:
             try:
-                self._learn(entry, marks.get(entry.pk), now, leading)
+                if self._learn(entry, marks.get(entry.pk), now, leading):
+                    learned.append(entry.pk)
             except Exception:  # noqa: BLE001  (one schedule's fault never stops the others)
                 logger.exception("schedule %s cannot be planned; it will not run until it is edited", entry.name)
+        if learned and not leading:
+            self.followed.append((time.monotonic(), learned))
 
-    def _learn(self, entry: Entry, mark: dt.datetime | None, now: dt.datetime, leading: bool) -> None:
-        if mark is not None and (entry.last_run_at is None or mark > entry.last_run_at):
+    def _learn(self, entry: Entry, mark: dt.datetime | None, now: dt.datetime, leading: bool) -> bool:
+        """Whether the mark moved the entry on."""
+        if sent(entry, mark):
+            assert mark is not None  # noqa: S101  (sent() says so)
             entry.last_run_at = mark
             if leading:
                 self.writes.learned(entry.pk, mark)  # the database learns what was sent
-            else:
-                self.followed.pop(entry.pk, None)  # kept in the order learned (`forget_followed`)
-                self.followed[entry.pk] = (time.monotonic(), mark)
             if entry.one_off:  # sent: a leader finishes it; a standby waits for the change log to drop it
                 if leading:
                     self.finish_one_off(entry, mark)
-                return
+                else:
+                    self.one_offs_sent.add(entry.pk)
+                return True
             self.store.plan(entry)
-        elif not leading and entry.next_slot is not None and self.skipped(entry, now):
+            self.heap.push(entry)
+            return True
+        if not leading and entry.next_slot is not None and self.skipped(entry, now):
             self.move_on(entry, entry.next_slot, now)
-            return
+            return False
         self.heap.push(entry)
+        return False
 
     def skipped(self, entry: Entry, now: dt.datetime) -> bool:
         """Whether the leader skipped the entry's slot rather than send it late."""
@@ -133,23 +143,34 @@ class Planner:
         return late > self.grace + FOLLOW_LAG and entry.policy.catch_up == "skip" and not entry.clocked
 
     def took_over(self) -> None:
-        """Becoming the leader: what this beat learned from marks as a standby, the beat that
-        led may not have written (it died first): written again, and a one-off sent is
-        finished (writing a `last_run_at` twice is harmless)."""
-        for pk, (_, mark) in self.followed.items():
+        """Becoming the leader: what this beat learned from marks as a standby lately, the
+        beat that led may not have written (it died first): written again (writing a
+        `last_run_at` twice is harmless), and a one-off seen sent is finished."""
+        for _, pks in self.followed:
+            for pk in pks:
+                entry = self.store.entries.get(pk)
+                if entry is not None and entry.last_run_at is not None:
+                    self.writes.learned(pk, entry.last_run_at)
+        for pk in self.one_offs_sent:
             entry = self.store.entries.get(pk)
-            if entry is None or entry.last_run_at != mark:
-                continue  # dropped or reloaded since: the database had it
-            self.writes.learned(pk, mark)
-            if entry.one_off:
-                self.finish_one_off(entry, mark)
+            if entry is not None and entry.last_run_at is not None:  # not dropped by the change log meanwhile
+                self.writes.learned(pk, entry.last_run_at)
+                self.finish_one_off(entry, entry.last_run_at)
         self.followed.clear()
+        self.one_offs_sent.clear()
 
     def forget_followed(self, now: float) -> None:
-        """What a standby learned FOLLOWED_KEPT seconds ago the leader has written (it
-        writes once a second)."""
-        while self.followed:
-            pk, (learned, _) = next(iter(self.followed.items()))
-            if now - learned < FOLLOWED_KEPT:
-                return
-            del self.followed[pk]
+        """What a standby learned FOLLOWED_KEPT seconds ago the leader has written (it writes
+        once a second); a one-off seen sent is kept until the change log drops it."""
+        while self.followed and now - self.followed[0][0] >= FOLLOWED_KEPT:
+            self.followed.popleft()
+        self.one_offs_sent &= self.store.entries.keys()
+
+
+def sent(entry: Entry, mark: dt.datetime | None) -> bool:
+    """Whether the mark says the entry's slot was sent: newer than what it last ran, and at
+    or after its next slot (an older mark is a former life of the schedule: it was
+    re-enabled, or edited onto another grid)."""
+    if mark is None or (entry.last_run_at is not None and mark <= entry.last_run_at):
+        return False
+    return entry.next_slot is None or mark >= entry.next_slot

@@ -35,11 +35,11 @@ from typing import Any, NoReturn
 import redis
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, InterfaceError, close_old_connections
+from django.db import DatabaseError, InterfaceError, close_old_connections, connection
 from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
-from scheduler_app.beat import checks, entries, leader
+from scheduler_app.beat import change_reader, checks, entries, leader, triggers
 from scheduler_app.beat.backfill_sender import BackfillSender
 from scheduler_app.beat.change_reader import ChangeReader, Position, prune_change_log
 from scheduler_app.beat.dispatch import Dispatcher
@@ -84,8 +84,10 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
     def setup_schedule(self) -> None:
         """Write `beat_schedule` from the Celery configuration to the database, as
         django-celery-beat does, then load every enabled schedule. Installs no default
-        entries: `result_expires` is refused (`install_default_entries`)."""
+        entries: `result_expires` is refused (`install_default_entries`), and so is a
+        database without the change log's triggers (beat would miss every edit)."""
         self.install_default_entries({})
+        triggers.require(connection)
         if self.app.conf.beat_schedule:
             DatabaseScheduler.update_from_dict(self, self.app.conf.beat_schedule)
         self.load_all()
@@ -248,7 +250,7 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
             return
         try:
             marks = self.ledger.marks(entry.pk for entry in due)
-        except redis.RedisError:
+        except BaseException:
             for entry in due:  # as they were: looked at again (a claim never sends a marked slot again)
                 self.due.push(entry)
             raise
@@ -269,7 +271,10 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
     def apply_changes(self) -> None:
         """Reload what the change log names. The log position moves on only once the
         reloads succeeded, so a database error mid-way means the same rows next time."""
-        rows = self.changes.read()
+        rows = self.changes.read(most=FULL_RELOAD_ABOVE + 1)
+        if len(rows) > FULL_RELOAD_ABOVE:  # a bulk insert or edit of most of the table: one pass is sooner
+            self._reload_everything(rows)
+            return
         tasks = {object_id for _, kind, object_id, _ in rows if kind == ScheduleChange.TASK}
         shared = {(kind, object_id) for _, kind, object_id, _ in rows if kind in SHARED_SCHEDULES}
         calendars = {object_id for _, kind, object_id, _ in rows if kind == ScheduleChange.CALENDAR}
@@ -277,18 +282,23 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
             self.store.reload_tables(shared)
         if calendars:
             tasks |= self.store.reload_calendars(calendars)
-        if len(tasks) > FULL_RELOAD_ABOVE:  # a bulk insert or edit of most of the table: one pass is sooner
-            logger.info("%d schedules changed at once: reloading all of them", len(tasks))
-            self.load_all()  # from the log's position before it: these rows are seen again if it fails
-            if self.lease.is_leader:
-                self._take_over()
-            return
         if tasks:
             gone = self.store.reload_tasks(tasks)
             if gone and self.lease.is_leader:
                 self.ledger.forget(gone)
             logger.info("beat reloaded %d changed schedule(s)", len(tasks))
         self.changes.track_gaps([row[0] for row in rows])
+
+    def _reload_everything(self, rows: list[change_reader.ChangeRow]) -> None:
+        """More changes than a reload row by row is worth: one full load (from the log's
+        position before it; if it fails, these rows are read again). Marks of the schedules
+        deleted meanwhile go, as a reload by row drops them."""
+        logger.info("more than %d schedules changed at once: reloading all of them", FULL_RELOAD_ABOVE)
+        before = set(self.store.entries)
+        self.load_all()
+        if self.lease.is_leader:
+            self.ledger.forget(self.store.gone(before - set(self.store.entries)))
+            self._take_over()
 
     def flush(self) -> None:
         """Write the slots sent since the last flush: `last_run_at` and the run count."""

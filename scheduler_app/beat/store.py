@@ -49,7 +49,7 @@ class EntryStore:
             self.load_tables(SHARED_SCHEDULES.items())
             self.calendars = load_calendars()
             self.links = calendar_links()
-            for row in fetch(PeriodicTask.objects.filter(enabled=True)):
+            for row in fetch(PeriodicTask.objects.filter(enabled=True), ahead=True):
                 self.add(row)
         except BaseException:
             self.tables, self.entries, self.users, self.calendars, self.links = before
@@ -168,8 +168,16 @@ class EntryStore:
                     self.heap.push(entry)
             for pk in chunk - found:
                 self.remove(pk)
-            gone |= chunk - set(PeriodicTask.objects.filter(pk__in=chunk).values_list("pk", flat=True))
+            gone |= self.gone(chunk)
         return gone
+
+    def gone(self, pks: set[int]) -> set[int]:
+        """Those of these schedules whose rows are gone from the database."""
+        ordered, found = sorted(pks), set()
+        for start in range(0, len(ordered), RELOAD_CHUNK):
+            chunk = ordered[start : start + RELOAD_CHUNK]
+            found |= set(PeriodicTask.objects.filter(pk__in=chunk).values_list("pk", flat=True))
+        return pks - found
 
 
 def load_calendars(ids: set[int] | None = None) -> dict[int, calendars.Calendar]:

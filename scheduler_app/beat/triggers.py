@@ -1,16 +1,22 @@
 """The change log written by the database itself: row triggers on every table beat reads.
 
 Each inserted, deleted or changed row writes one `ScheduleChange` (its kind and the id beat
-reloads by), whatever wrote it: `save()`, a `QuerySet.update()` of 10,000 rows (django-
-celery-beat's admin actions), raw SQL, another application. An update that changes nothing
-but beat's own columns of a schedule (`last_run_at`, `total_run_count`, `date_changed`,
-written once a second) or nothing at all writes no row.
+reloads by; an update that moves a row to another id logs both), whatever wrote it:
+`save()`, a `QuerySet.update()` of 10,000 rows (django-celery-beat's admin actions), raw
+SQL, another application. An update that changes nothing but beat's own columns of a
+schedule (`last_run_at`, `total_run_count`, written once a second), or nothing at all,
+writes no row. `TRUNCATE` is not logged: restart beat after one.
 
-The triggers name no column of the row they watch: PostgreSQL compares the rows as JSON
-minus beat's columns, so a later migration can alter or drop any column; SQLite lists the
-columns of the models as they are now. `install()` is idempotent and runs after every
-`migrate` (SQLite drops a table's triggers when a migration rebuilds the table), once
-migration `0011_change_log_triggers` is applied; that migration's reverse drops them.
+- PostgreSQL: the triggers name no column (the rows are compared as jsonb minus beat's
+  columns), so a later migration may alter or drop any column; migration 0011 installs them,
+  and after a `migrate` they are installed again only if one is missing, in one transaction
+  (`CREATE OR REPLACE`: no moment without them, no lock taken when nothing is missing).
+- SQLite names the columns, refuses to drop a column a trigger names and drops a table's
+  triggers when it rebuilds the table; so they are dropped before every `migrate`
+  (pre_migrate) and made again, from the models as migrated, after it (post_migrate), once
+  migration 0011 is applied. Edits made while a migrate runs are not logged: restart beat
+  after migrating an embedded (SQLite) installation.
+`missing()` lists what is not there; beat refuses to start without them.
 """
 
 from __future__ import annotations
@@ -18,16 +24,18 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps as django_apps
-from django.db import NotSupportedError
+from django.core.exceptions import ImproperlyConfigured
+from django.db import NotSupportedError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.recorder import MigrationRecorder
-from django_celery_beat.models import PeriodicTask
 
 from scheduler_app.models import ScheduleChange
 
 MIGRATION = ("scheduler_app", "0011_change_log_triggers")
-BEATS_OWN = ("last_run_at", "total_run_count", "date_changed")  # a schedule's columns only beat writes
+SCHEDULES = "django_celery_beat_periodictask"
+BEATS_OWN = ("last_run_at", "total_run_count")  # a schedule's columns only beat writes
 PREFIX = "beatkeeper_log"
+VENDORS = ("postgresql", "sqlite")
 
 
 def logged_tables(apps: Any = None) -> list[tuple[Any, str, str]]:
@@ -55,20 +63,23 @@ def postgresql(table: str, kind: str, key: str, watched_out: tuple[str, ...], lo
     function = f"{PREFIX}_{table}"
     out = " - '{" + ",".join(watched_out) + "}'::text[]" if watched_out else ""
     changed = f"(to_jsonb(OLD){out}) IS DISTINCT FROM (to_jsonb(NEW){out})"  # jsonb: every column type compares
+    insert = f"INSERT INTO {log} (kind, object_id, at) VALUES ('{kind}', ROW.{key}, clock_timestamp());"  # noqa: S608
     return [
         f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF TG_OP = 'DELETE' THEN
-    INSERT INTO {log} (kind, object_id, at) VALUES ('{kind}', OLD.{key}, clock_timestamp());
+    {insert.replace("ROW", "OLD")}
   ELSE
-    INSERT INTO {log} (kind, object_id, at) VALUES ('{kind}', NEW.{key}, clock_timestamp());
+    {insert.replace("ROW", "NEW")}
+  END IF;
+  IF TG_OP = 'UPDATE' AND OLD.{key} IS DISTINCT FROM NEW.{key} THEN
+    {insert.replace("ROW", "OLD")}
   END IF;
   RETURN NULL;
 END $$""",  # noqa: S608  (names from the models, no input)
-        f"DROP TRIGGER IF EXISTS {PREFIX} ON {table}",
-        f"CREATE TRIGGER {PREFIX} AFTER INSERT OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION {function}()",
-        f"DROP TRIGGER IF EXISTS {PREFIX}_update ON {table}",
-        f"CREATE TRIGGER {PREFIX}_update AFTER UPDATE ON {table} FOR EACH ROW WHEN ({changed}) "
+        f"CREATE OR REPLACE TRIGGER {PREFIX} AFTER INSERT OR DELETE ON {table} FOR EACH ROW "
+        f"EXECUTE FUNCTION {function}()",
+        f"CREATE OR REPLACE TRIGGER {PREFIX}_update AFTER UPDATE ON {table} FOR EACH ROW WHEN ({changed}) "
         f"EXECUTE FUNCTION {function}()",
     ]
 
@@ -76,13 +87,16 @@ END $$""",  # noqa: S608  (names from the models, no input)
 def sqlite(table: str, kind: str, key: str, columns: list[str], log: str) -> list[str]:
     now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
     changed = " OR ".join(f'OLD."{column}" IS NOT NEW."{column}"' for column in columns)
+    insert = f"INSERT INTO {log} (kind, object_id, at) SELECT '{kind}', ROW.{key}, {now}"  # noqa: S608  (names)
+    new, old = insert.replace("ROW", "NEW"), insert.replace("ROW", "OLD")
+    body = {"INSERT": new, "DELETE": old, "UPDATE": f"{new}; {old} WHERE OLD.{key} IS NOT NEW.{key}"}
     statements = []
-    for event, row, when in (("INSERT", "NEW", ""), ("DELETE", "OLD", ""), ("UPDATE", "NEW", f" WHEN {changed}")):
+    for event, statement in body.items():
         name = f"{PREFIX}_{table}_{event.lower()}"
+        when = f" WHEN {changed}" if event == "UPDATE" else ""
         statements += [
             f"DROP TRIGGER IF EXISTS {name}",
-            f"CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW{when} BEGIN "  # noqa: S608  (names)
-            f"INSERT INTO {log} (kind, object_id, at) VALUES ('{kind}', {row}.{key}, {now}); END",
+            f"CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW{when} BEGIN {statement}; END",
         ]
     return statements
 
@@ -92,7 +106,7 @@ def statements(vendor: str, apps: Any = None) -> list[str]:
     found = []
     for model, kind, key in logged_tables(apps):
         table = model._meta.db_table
-        watched_out = BEATS_OWN if table == PeriodicTask._meta.db_table else ()
+        watched_out = BEATS_OWN if table == SCHEDULES else ()
         if vendor == "postgresql":
             found += postgresql(table, kind, key, watched_out, log)
         else:
@@ -101,16 +115,40 @@ def statements(vendor: str, apps: Any = None) -> list[str]:
     return found
 
 
-def install(connection: BaseDatabaseWrapper, apps: Any = None) -> None:
-    if connection.vendor not in ("postgresql", "sqlite"):
-        raise NotSupportedError(f"Beatkeeper's change log needs PostgreSQL or SQLite, not {connection.vendor}")
+def expected(vendor: str, apps: Any = None) -> set[tuple[str, str]]:
+    """(table, trigger name) of every trigger the change log needs."""
+    tables = [model._meta.db_table for model, _, _ in logged_tables(apps)]
+    if vendor == "postgresql":
+        return {(table, name) for table in tables for name in (PREFIX, f"{PREFIX}_update")}
+    return {(table, f"{PREFIX}_{table}_{event}") for table in tables for event in ("insert", "delete", "update")}
+
+
+def missing(connection: BaseDatabaseWrapper, apps: Any = None) -> set[tuple[str, str]]:
+    """The triggers the change log needs that the database does not have."""
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "WHERE t.tgname LIKE %s AND pg_table_is_visible(c.oid)",
+                [f"{PREFIX}%"],
+            )
+        else:
+            cursor.execute("SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger' AND name LIKE %s",
+                           [f"{PREFIX}%"])  # fmt: skip
+        present = {(table, name) for table, name in cursor.fetchall()}
+    return expected(connection.vendor, apps) - present
+
+
+def install(connection: BaseDatabaseWrapper, apps: Any = None) -> None:
+    if connection.vendor not in VENDORS:
+        raise NotSupportedError(f"Beatkeeper's change log needs PostgreSQL or SQLite, not {connection.vendor}")
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         for statement in statements(connection.vendor, apps):
             cursor.execute(statement)
 
 
 def uninstall(connection: BaseDatabaseWrapper, apps: Any = None) -> None:
-    with connection.cursor() as cursor:
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         for model, _, _ in logged_tables(apps):
             table = model._meta.db_table
             if connection.vendor == "postgresql":
@@ -122,13 +160,35 @@ def uninstall(connection: BaseDatabaseWrapper, apps: Any = None) -> None:
                     cursor.execute(f"DROP TRIGGER IF EXISTS {PREFIX}_{table}_{event}")
 
 
-def after_migrate(using: str = "default", **kwargs: Any) -> None:
-    """post_migrate: put the triggers back where a migration dropped them (SQLite rebuilds a
-    table to alter it), once migration 0011 is applied on this database."""
-    from django.db import connections
+def applied(connection: BaseDatabaseWrapper) -> bool:
+    recorder = MigrationRecorder(connection)
+    return recorder.has_table() and MIGRATION in recorder.applied_migrations()
 
+
+def before_migrate(using: str = "default", **kwargs: Any) -> None:
+    """pre_migrate, SQLite: off while migrations run (it would refuse to drop a column a
+    trigger names, and a rebuilt table loses them anyway); post_migrate makes them again."""
     connection = connections[using]
-    if connection.vendor not in ("postgresql", "sqlite"):
-        return  # the migration refused it
-    if MIGRATION in MigrationRecorder(connection).applied_migrations():
-        install(connection)
+    if connection.vendor == "sqlite" and applied(connection):
+        uninstall(connection, kwargs.get("apps"))
+
+
+def after_migrate(using: str = "default", **kwargs: Any) -> None:
+    """post_migrate: the triggers, from the models as migrated, where any is missing, once
+    migration 0011 is applied on this database."""
+    connection = connections[using]
+    if connection.vendor not in VENDORS or not applied(connection):
+        return  # another database: the migration refused it
+    apps = kwargs.get("apps")
+    if missing(connection, apps):
+        install(connection, apps)
+
+
+def require(connection: BaseDatabaseWrapper) -> None:
+    """Beat's start: without its triggers it would miss every edit."""
+    if connection.vendor in VENDORS and (gone := missing(connection)):
+        names = ", ".join(sorted(name for _, name in gone))
+        raise ImproperlyConfigured(
+            f"the schedule change log's triggers are missing ({names}): run `manage.py migrate`, "
+            "which puts them back (or apply scheduler_app's migration 0011_change_log_triggers)"
+        )

@@ -35,8 +35,10 @@ class PendingWrites:
         self.slots[pk] = (slot, self.slots.get(pk, (slot, 0))[1] + ran)
 
     def learned(self, pk: int, mark: dt.datetime) -> None:
-        """A slot another leader sent (its mark) that the database may not know yet."""
-        self.slots.setdefault(pk, (mark, 0))
+        """A slot another leader sent (its mark) that the database may not know yet (the
+        later of two, so an older mark learned first never overwrites a newer one)."""
+        slot, runs = self.slots.get(pk, (mark, 0))
+        self.slots[pk] = (max(slot, mark), runs)
 
     def one_off_done(self, pk: int, slot: dt.datetime, clocked: bool) -> None:
         """A one-off schedule is disabled once sent (django-celery-beat's rule), with its

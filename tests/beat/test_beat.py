@@ -4,6 +4,7 @@ one-off, expiry, catch-up. Real beat processes: tests/beat/test_beat_ha.py."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 from collections.abc import Iterable
@@ -12,7 +13,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
-from django.db import connection
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
+from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import (
@@ -23,9 +26,9 @@ from django_celery_beat.models import (
     PeriodicTasks,
 )
 
-from scheduler_app.beat import leader, triggers
+from scheduler_app.beat import entries, leader, triggers
 from scheduler_app.connection import redis_client
-from scheduler_app.models import ScheduleChange, SchedulePolicy
+from scheduler_app.models import BusinessCalendar, CalendarExclusion, ScheduleChange, SchedulePolicy
 from scheduler_app.schedules import next_runs
 from tests.beat.beatkit import QUEUE, interval, names, schedule, started
 
@@ -174,16 +177,54 @@ def test_a_bulk_update_of_a_shared_interval_is_followed_without_update_changed()
     beat.close()
 
 
-def test_the_triggers_come_back_after_a_migrate_that_dropped_them() -> None:
-    """SQLite drops a table's triggers when a migration rebuilds it: post_migrate puts them back."""
+def test_migrate_puts_the_triggers_back_and_a_table_rebuilt_meanwhile_keeps_them() -> None:
+    """SQLite drops a table's triggers when a migration rebuilds it, and cannot rebuild the
+    log while they write to it: pre_migrate takes them off, post_migrate puts them back."""
     task = schedule("rebuilt", 30, ago=1)
     start = ScheduleChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
-    triggers.uninstall(connection)
+    emit_pre_migrate_signal(verbosity=0, interactive=False, db="default")
+    kind = ScheduleChange._meta.get_field("kind")
+    wider = copy.copy(kind)
+    wider.max_length = 16
+    with connection.schema_editor() as editor:  # SQLite rebuilds the table for this
+        editor.alter_field(ScheduleChange, kind, wider)
+        editor.alter_field(ScheduleChange, wider, kind)
+    triggers.uninstall(connection)  # and a migration that dropped them
     PeriodicTask.objects.filter(pk=task.pk).update(queue="lost")
     assert not ScheduleChange.objects.filter(id__gt=start).exists()
-    triggers.after_migrate(using="default")
+    assert triggers.missing(connection)
+    emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
+    assert not triggers.missing(connection)
     PeriodicTask.objects.filter(pk=task.pk).update(queue="found")
     assert list(ScheduleChange.objects.filter(id__gt=start).values_list("kind", "object_id")) == [("task", task.pk)]
+
+
+def test_beat_refuses_to_start_without_its_triggers() -> None:
+    triggers.uninstall(connection)
+    try:
+        with pytest.raises(ImproperlyConfigured, match="triggers are missing.*manage.py migrate"):
+            started()
+    finally:
+        triggers.install(connection)
+
+
+def test_an_older_mark_learned_after_a_newer_one_does_not_overwrite_it() -> None:
+    beat = started()
+    older, newer = timezone.now() - dt.timedelta(minutes=2), timezone.now() - dt.timedelta(minutes=1)
+    beat.writes.learned(7, newer)
+    beat.writes.learned(7, older)
+    assert beat.writes.slots[7] == (newer, 0)
+    beat.close()
+
+
+def test_moving_a_calendar_date_to_another_calendar_reloads_both() -> None:
+    first = BusinessCalendar.objects.create(name="first")
+    second = BusinessCalendar.objects.create(name="second")
+    date = CalendarExclusion.objects.create(calendar=first, first_day=dt.date(2026, 12, 24))
+    start = ScheduleChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    CalendarExclusion.objects.filter(pk=date.pk).update(calendar=second)
+    logged = set(ScheduleChange.objects.filter(id__gt=start).values_list("kind", "object_id"))
+    assert logged == {("calendar", first.pk), ("calendar", second.pk)}
 
 
 def test_a_schedule_that_cannot_run_does_not_stop_the_others(sent: list[dict[str, Any]]) -> None:
@@ -353,10 +394,10 @@ def test_a_one_off_the_dead_leader_sent_is_finished_by_the_standby_not_sent_agai
         dead = started()
         assert names(sent) == ["once"]
         standby = started()  # follows the slot: off its heap, kept until the change log drops it
-        assert once.pk in standby.store.entries and once.pk in standby.planner.followed
+        assert once.pk in standby.store.entries and once.pk in standby.planner.one_offs_sent
         dead._finalize.cancel()  # it dies before writing anything: the one-off is still enabled
         redis_client().delete(leader.LEASE_KEY)
-    with time_machine.travel(now + dt.timedelta(seconds=120), tick=False):  # past the grace: no late resend
+    with time_machine.travel(now + dt.timedelta(seconds=10), tick=False):  # within the grace: a resend would go
         standby.redis_housekeeping()
         assert standby.lease.is_leader and once.pk not in standby.store.entries
         standby.tick()
@@ -470,3 +511,31 @@ def test_it_sends_a_large_due_batch_in_chunks_in_one_tick(sent: list[dict[str, A
     assert len(sent) == 450 and len({h["schedule"] for h in sent}) == 450
     assert len(redis_client().hkeys(leader.MARKS_KEY)) == 450
     beat.close()
+
+
+class Cursor:
+    """A driver cursor's fetchmany over `rows`, raising `fails` at the chunk `fails_at`."""
+
+    def __init__(self, rows: list[tuple[int]], fails_at: int | None = None) -> None:
+        self.rows, self.fails_at, self.calls = rows, fails_at, 0
+
+    def fetchmany(self, size: int) -> list[tuple[int]]:
+        self.calls += 1
+        if self.calls == self.fails_at:
+            raise DatabaseError("the server went away")
+        found, self.rows = self.rows[:size], self.rows[size:]
+        return found
+
+
+def test_reading_ahead_gives_every_row_in_order_and_raises_the_readers_error() -> None:
+    rows = [(n,) for n in range(25)]
+    assert list(entries.read_ahead(Cursor(rows), chunk=10)) == rows
+    failing = entries.read_ahead(Cursor(rows, fails_at=2), chunk=10)
+    assert [next(failing) for _ in range(10)] == rows[:10]
+    with pytest.raises(DatabaseError, match="went away"):
+        next(failing)
+    stopped = Cursor(rows * 100)
+    early = entries.read_ahead(stopped, chunk=10)
+    assert next(early) == (0,)
+    early.close()  # the caller stops: the reader is let through and ends
+    assert stopped.calls < 100
