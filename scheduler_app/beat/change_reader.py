@@ -20,7 +20,7 @@ from django.utils import timezone
 from scheduler_app.models import ScheduleChange
 
 GAP_PATIENCE = 300.0  # seconds a missing change-log id may still turn up (a transaction not yet committed)
-MANY_GAPS = 1_000  # more missing ids than this are looked for as one range
+MANY_GAPS = 500  # missing ids looked for in one query (SQLite)
 CHANGE_LOG_RETENTION = dt.timedelta(hours=1)  # a beat that was away longer starts with a full load anyway
 UTC = dt.UTC
 ChangeRow = tuple[int, str, int, dt.datetime]  # (log id, kind, object id, at)
@@ -77,12 +77,31 @@ class ChangeReader:
         return sorted(found)
 
     def _late(self) -> list[ChangeRow]:
-        """The rows of missing ids that turned up (many: one range, not a list of ids)."""
+        """The rows of missing ids that turned up: on PostgreSQL one array parameter however
+        many; else lists of MANY_GAPS ids (below SQLite's parameter limit)."""
+        gaps = sorted(self._gaps)
+        if connection.vendor == "postgresql":
+            table = connection.ops.quote_name(ScheduleChange._meta.db_table)
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT id, kind, object_id, at FROM {table} WHERE id = ANY(%s)", [gaps])  # noqa: S608
+                return [(pk, kind, oid, aware(at)) for pk, kind, oid, at in cursor.fetchall()]
         rows = ScheduleChange.objects.values_list("id", "kind", "object_id", "at")
-        if len(self._gaps) <= MANY_GAPS:
-            return list(rows.filter(id__in=list(self._gaps)))
-        ranged = rows.filter(id__gte=min(self._gaps), id__lte=max(self._gaps))
-        return [row for row in ranged.iterator(chunk_size=10_000) if row[0] in self._gaps]
+        found: list[ChangeRow] = []
+        for start in range(0, len(gaps), MANY_GAPS):
+            found += rows.filter(id__in=gaps[start : start + MANY_GAPS])
+        return found
+
+    def loaded_after(self, before: int, ids: list[int]) -> None:
+        """A full load answered these rows (read from after `before`): they are done, and
+        the ids missing among them are looked for still (the load may not have seen their
+        transactions). The position stays where the load put it."""
+        now = time.monotonic()
+        seen = set(ids)
+        for found in ids:
+            self._gaps.pop(found, None)
+        for missing in range(before + 1, max(ids, default=before)):
+            if missing not in seen:
+                self._gaps.setdefault(missing, now + GAP_PATIENCE)
 
     def track_gaps(self, ids: list[int]) -> None:
         """Change-log ids are handed out before their transactions commit, so a later id

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.schedules import schedstate
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet, TextField
 from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
@@ -66,24 +66,28 @@ def rows(tasks: QuerySet[PeriodicTask]) -> QuerySet[Any, tuple[Any, ...]]:
 
 def fetch(tasks: QuerySet[PeriodicTask], chunk: int = 10_000, ahead: bool = False) -> Iterator[tuple[Any, ...]]:
     """The rows of `rows(tasks)`, read through the driver directly, `chunk` at a time (a
-    server-side cursor on PostgreSQL: a million rows never sit in memory at once);
-    `ahead`: on PostgreSQL, the next chunk is read while the caller works on this one."""
+    server-side cursor on PostgreSQL: a million rows never sit in memory at once).
+    `ahead`, on PostgreSQL: inside a transaction (so the cursor is not `WITH HOLD` and the
+    server makes the rows as they are fetched), the next chunk read by a thread while the
+    caller works on this one (`read_ahead`)."""
     sql, params = rows(tasks).query.sql_with_params()
     server_side = not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")  # off behind PgBouncer
+    if ahead and server_side and connection.vendor == "postgresql":
+        with transaction.atomic(), connection.chunked_cursor() as cursor:
+            cursor.execute(sql, params)
+            yield from read_ahead(cursor, chunk)
+        return
     with connection.chunked_cursor() if server_side else connection.cursor() as cursor:
         cursor.execute(sql, params)
-        if ahead and connection.vendor == "postgresql":
-            yield from read_ahead(cursor, chunk)
-            return
         while found := cursor.fetchmany(chunk):
             yield from found
 
 
 def read_ahead(cursor: Any, chunk: int) -> Generator[tuple[Any, ...], None, None]:
     """A cursor's rows, `chunk` at a time, the next chunk fetched by a thread of its own
-    meanwhile: the driver waits for the server without holding the GIL, so at a million
-    rows the server's time hides behind the making of entries. The caller does not use the
-    connection until the rows are read; an error of the reader is raised here."""
+    meanwhile: the driver waits for the network without holding the GIL, so the transfer
+    hides behind the making of entries (decoding still holds it). The caller does not use
+    the connection until the rows are read; an error of the reader is raised here."""
     chunks: queue.Queue[list[tuple[Any, ...]] | BaseException] = queue.Queue(maxsize=2)
     stop = threading.Event()
 

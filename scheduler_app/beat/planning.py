@@ -173,4 +173,4 @@ def sent(entry: Entry, mark: dt.datetime | None) -> bool:
     re-enabled, or edited onto another grid)."""
     if mark is None or (entry.last_run_at is not None and mark <= entry.last_run_at):
         return False
-    return entry.next_slot is None or mark >= entry.next_slot
+    return entry.next_slot is not None and mark >= entry.next_slot  # (an entry without a slot is off the heap)

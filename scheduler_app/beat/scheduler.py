@@ -282,6 +282,9 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
             self.store.reload_tables(shared)
         if calendars:
             tasks |= self.store.reload_calendars(calendars)
+        if len(tasks) > FULL_RELOAD_ABOVE:  # a calendar that half the schedules use: one pass is sooner
+            self._reload_everything(rows)
+            return
         if tasks:
             gone = self.store.reload_tasks(tasks)
             if gone and self.lease.is_leader:
@@ -294,10 +297,12 @@ class Scheduler(DatabaseScheduler):  # type: ignore[misc]  # django-celery-beat 
         position before it; if it fails, these rows are read again). Marks of the schedules
         deleted meanwhile go, as a reload by row drops them."""
         logger.info("more than %d schedules changed at once: reloading all of them", FULL_RELOAD_ABOVE)
-        before = set(self.store.entries)
+        before, read_from = set(self.store.entries), self.changes.change_id
         self.load_all()
+        self.changes.loaded_after(read_from, [row[0] for row in rows])
         if self.lease.is_leader:
-            self.ledger.forget(self.store.gone(before - set(self.store.entries)))
+            named = {object_id for _, kind, object_id, _ in rows if kind == ScheduleChange.TASK}
+            self.ledger.forget(self.store.gone((before - set(self.store.entries)) | named))
             self._take_over()
 
     def flush(self) -> None:

@@ -21,6 +21,7 @@ writes no row. `TRUNCATE` is not logged: restart beat after one.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from django.apps import apps as django_apps
@@ -123,14 +124,21 @@ def expected(vendor: str, apps: Any = None) -> set[tuple[str, str]]:
     return {(table, f"{PREFIX}_{table}_{event}") for table in tables for event in ("insert", "delete", "update")}
 
 
+def fingerprint(apps: Any = None) -> str:
+    """Of the PostgreSQL definitions: a function whose comment differs is out of date."""
+    return f"{PREFIX} " + hashlib.sha256("\n".join(statements("postgresql", apps)).encode()).hexdigest()[:16]
+
+
 def missing(connection: BaseDatabaseWrapper, apps: Any = None) -> set[tuple[str, str]]:
-    """The triggers the change log needs that the database does not have."""
+    """The triggers the change log needs that the database does not have, enabled and as
+    defined here (PostgreSQL: a function out of date counts its triggers as missing)."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
                 "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                "WHERE t.tgname LIKE %s AND pg_table_is_visible(c.oid)",
-                [f"{PREFIX}%"],
+                "JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgname LIKE %s AND pg_table_is_visible(c.oid) "
+                "AND t.tgenabled <> 'D' AND obj_description(p.oid, 'pg_proc') = %s",
+                [f"{PREFIX}%", fingerprint(apps)],
             )
         else:
             cursor.execute("SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger' AND name LIKE %s",
@@ -145,6 +153,9 @@ def install(connection: BaseDatabaseWrapper, apps: Any = None) -> None:
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         for statement in statements(connection.vendor, apps):
             cursor.execute(statement)
+        if connection.vendor == "postgresql":
+            for model, _, _ in logged_tables(apps):
+                cursor.execute(f"COMMENT ON FUNCTION {PREFIX}_{model._meta.db_table}() IS %s", [fingerprint(apps)])
 
 
 def uninstall(connection: BaseDatabaseWrapper, apps: Any = None) -> None:
@@ -169,7 +180,7 @@ def before_migrate(using: str = "default", **kwargs: Any) -> None:
     """pre_migrate, SQLite: off while migrations run (it would refuse to drop a column a
     trigger names, and a rebuilt table loses them anyway); post_migrate makes them again."""
     connection = connections[using]
-    if connection.vendor == "sqlite" and applied(connection):
+    if connection.vendor == "sqlite" and kwargs.get("plan") and applied(connection):  # (nothing to apply: kept)
         uninstall(connection, kwargs.get("apps"))
 
 

@@ -159,7 +159,8 @@ end
 local free = size - redis.call('ZCARD', holders)
 local joined = 0
 if ARGV[5] == 'wait' then
-  joined = redis.call('ZADD', line, 'NX', now, owner)
+  -- in line by when it joined, to the microsecond: two runs joining in one millisecond keep their order
+  joined = redis.call('ZADD', line, 'NX', tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000, owner)
   redis.call('ZADD', seen, now, owner)
 end
 local ahead = redis.call('ZRANK', line, owner) or redis.call('ZCARD', line)

@@ -16,6 +16,7 @@ import time_machine
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
 from django.db import DatabaseError, connection
+from django.db.migrations import Migration
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import (
@@ -182,19 +183,24 @@ def test_migrate_puts_the_triggers_back_and_a_table_rebuilt_meanwhile_keeps_them
     log while they write to it: pre_migrate takes them off, post_migrate puts them back."""
     task = schedule("rebuilt", 30, ago=1)
     start = ScheduleChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
-    emit_pre_migrate_signal(verbosity=0, interactive=False, db="default")
-    kind = ScheduleChange._meta.get_field("kind")
-    wider = copy.copy(kind)
-    wider.max_length = 16
-    with connection.schema_editor() as editor:  # SQLite rebuilds the table for this
-        editor.alter_field(ScheduleChange, kind, wider)
-        editor.alter_field(ScheduleChange, wider, kind)
-    triggers.uninstall(connection)  # and a migration that dropped them
-    PeriodicTask.objects.filter(pk=task.pk).update(queue="lost")
-    assert not ScheduleChange.objects.filter(id__gt=start).exists()
-    assert triggers.missing(connection)
-    emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
-    assert not triggers.missing(connection)
+    try:
+        plan = [(Migration("0099_a_rebuild", "scheduler_app"), False)]
+        emit_pre_migrate_signal(verbosity=0, interactive=False, db="default", plan=plan)
+        kind = ScheduleChange._meta.get_field("kind")
+        wider = copy.copy(kind)
+        wider.max_length = 16
+        with connection.schema_editor() as editor:  # SQLite rebuilds the table for this
+            editor.alter_field(ScheduleChange, kind, wider)
+            editor.alter_field(ScheduleChange, wider, kind)
+        triggers.uninstall(connection)  # and a migration that dropped them
+        PeriodicTask.objects.filter(pk=task.pk).update(queue="lost")
+        assert not ScheduleChange.objects.filter(id__gt=start).exists()
+        assert triggers.missing(connection)
+        emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
+        assert not triggers.missing(connection)
+    finally:
+        if triggers.missing(connection):  # for the tests after this one
+            triggers.install(connection)
     PeriodicTask.objects.filter(pk=task.pk).update(queue="found")
     assert list(ScheduleChange.objects.filter(id__gt=start).values_list("kind", "object_id")) == [("task", task.pk)]
 
@@ -211,9 +217,12 @@ def test_beat_refuses_to_start_without_its_triggers() -> None:
 def test_an_older_mark_learned_after_a_newer_one_does_not_overwrite_it() -> None:
     beat = started()
     older, newer = timezone.now() - dt.timedelta(minutes=2), timezone.now() - dt.timedelta(minutes=1)
-    beat.writes.learned(7, newer)
-    beat.writes.learned(7, older)
+    beat.writes.learned(7, older)  # what a standby followed first
+    beat.writes.learned(7, newer)  # the newer mark it found taking over
     assert beat.writes.slots[7] == (newer, 0)
+    beat.writes.sent(8, newer, ran=True)
+    beat.writes.learned(8, older)
+    assert beat.writes.slots[8] == (newer, 1)
     beat.close()
 
 
@@ -539,3 +548,28 @@ def test_reading_ahead_gives_every_row_in_order_and_raises_the_readers_error() -
     assert next(early) == (0,)
     early.close()  # the caller stops: the reader is let through and ends
     assert stopped.calls < 100
+
+
+def test_a_burst_of_changes_is_answered_with_one_full_load_and_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scheduler_app.beat import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "FULL_RELOAD_ABOVE", 3)
+    tasks = [schedule(f"burst {n}", 30, ago=1) for n in range(6)]
+    beat = started()
+    loads: list[int] = []
+    load_all = beat.load_all
+
+    def counted() -> None:
+        loads.append(1)
+        load_all()
+
+    monkeypatch.setattr(beat, "load_all", counted)
+    PeriodicTask.objects.filter(pk__in=[task.pk for task in tasks]).update(queue="elsewhere")
+    PeriodicTask.objects.filter(pk=tasks[0].pk).delete()
+    beat.housekeeping()
+    assert loads == [1] and tasks[0].pk not in beat.store.entries
+    assert {entry.options["queue"] for entry in beat.store.entries.values()} == {"elsewhere"}
+    beat.housekeeping()
+    beat.housekeeping()
+    assert loads == [1]  # the burst's rows are not read again
+    beat.close()
