@@ -185,7 +185,7 @@ class Entry:
     table_key: TableKey
     raw_args: str
     raw_kwargs: str
-    options: dict[str, Any]  # shared between entries that send alike (`Policies.options_of`): read only
+    options: dict[str, Any]  # shared between entries that send alike (`Policies.shape_of`): read only
     overrides: dict[str, Any]
     policy: RunPolicy
     one_off: bool
@@ -304,16 +304,22 @@ def table_key(row: tuple[Any, ...]) -> TableKey:
 
 
 def shared_options(row: tuple[Any, ...], overrides: dict[str, Any], policy: RunPolicy) -> dict[str, Any]:
-    """What django-celery-beat's ModelEntry puts on the message, plus the policy's limits,
-    but the schedule's name (`Entry.message_options` adds it): schedules that send alike
-    share one dict, which nobody changes."""
-    names = ("queue", "exchange", "routing_key", "priority")
-    options = {name: row[AT[name]] for name in names if row[AT[name]] is not None}
-    if row[AT["expires_text"]] or row[AT["expire_seconds"]]:
-        options["expires"] = moment(row[AT["expires_text"]]) or row[AT["expire_seconds"]]
-    options["headers"] = headers = json.loads(row[AT["headers"]] or "{}")
+    """`options_of` a row, but the schedule's name (`Entry.message_options` adds it):
+    schedules that send alike share one dict, which nobody changes."""
+    headers = json.loads(row[AT["headers"]] or "{}")
     if not isinstance(headers, dict):
         raise ValueError(f"its headers are not a JSON object: {row[AT['headers']][:80]!r}")
+    values = {name: row[AT[name]] for name in ("queue", "exchange", "routing_key", "priority", "expire_seconds")}
+    return options_of(values, moment(row[AT["expires_text"]]), headers, overrides, policy)
+
+
+def options_of(values: dict[str, Any], expires: dt.datetime | None, headers: dict[str, Any],
+               overrides: dict[str, Any], policy: RunPolicy) -> dict[str, Any]:  # fmt: skip
+    """What django-celery-beat's ModelEntry puts on the message, plus the policy's limits."""
+    options = {key: values[key] for key in ("queue", "exchange", "routing_key", "priority") if values[key] is not None}
+    if expires or values["expire_seconds"]:
+        options["expires"] = expires or values["expire_seconds"]
+    options["headers"] = headers
     if "soft_time_limit" in overrides or "time_limit" in overrides:
         options["soft_time_limit"], options["time_limit"] = policy.soft_time_limit, policy.time_limit
     return options
@@ -322,10 +328,5 @@ def shared_options(row: tuple[Any, ...], overrides: dict[str, Any], policy: RunP
 def message_options(values: dict[str, Any], overrides: dict[str, Any], policy: RunPolicy) -> dict[str, Any]:
     """What django-celery-beat's ModelEntry puts on the message, plus the policy's limits
     (`values`: the schedule's columns by name; a backfill's messages)."""
-    options = {key: values[key] for key in ("queue", "exchange", "routing_key", "priority") if values[key] is not None}
-    if values["expires"] or values["expire_seconds"]:
-        options["expires"] = values["expires"] or values["expire_seconds"]
-    options["headers"] = {**json.loads(values["headers"] or "{}"), "periodic_task_name": values["name"]}
-    if "soft_time_limit" in overrides or "time_limit" in overrides:
-        options["soft_time_limit"], options["time_limit"] = policy.soft_time_limit, policy.time_limit
-    return options
+    headers = {**json.loads(values["headers"] or "{}"), "periodic_task_name": values["name"]}
+    return options_of(values, values["expires"], headers, overrides, policy)
